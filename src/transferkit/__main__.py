@@ -1,0 +1,3 @@
+from transferkit.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""``transferkit`` entry point: builds the parser from the command modules and turns errors into one line.
+
+Each module in :data:`COMMAND_MODULES` has ``register(subparsers)``, which adds
+its commands with ``set_defaults(func=...)``.  Command modules import only
+argparse at the top, so ``transferkit --help`` stays fast; the heavy libraries
+load inside the function that runs the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMAND_MODULES = (
+    "transferkit.cli.predict",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from transferkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="transferkit",
+        description="Reuse pretrained networks and classic advanced architectures on your own data (offline-ready).",
+        epilog="Run `transferkit COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    from transferkit.errors import TransferkitError
+
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except TransferkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `transferkit predict ... | head`
+        return 0
+    except Exception as err:  # a bug: say so in one line, traceback only on request
+        if os.environ.get("TRANSFERKIT_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(err).__name__}: {err} (set TRANSFERKIT_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
