@@ -1,19 +1,19 @@
 """From-scratch architecture families, registered by name (see ``transferkit.core.registry``).
 
-Each module here defines its blocks first and the networks that use them after,
-and registers short factory functions with ``@register_arch``.  Importing this
-package imports every family so the registry is complete.
+Each module here is one family: it defines its blocks first and the networks
+that use them after, and registers short factory functions with
+``@register_arch``.  :func:`import_all` imports every module of this package,
+so a new family needs no edit here.
 """
 
 from __future__ import annotations
 
 import importlib
-
-# Family modules, imported lazily by ``transferkit.core.registry.list_archs``.
-FAMILIES: tuple[str, ...] = ()
+import pkgutil
 
 
 def import_all() -> None:
     """Import every family module so that all architectures are registered."""
-    for name in FAMILIES:
-        importlib.import_module(f"{__name__}.{name}")
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")

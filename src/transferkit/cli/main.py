@@ -1,9 +1,11 @@
 """``transferkit`` entry point: builds the parser from the command modules and turns errors into one line.
 
-Each module in :data:`COMMAND_MODULES` has ``register(subparsers)``, which adds
-its commands with ``set_defaults(func=...)``.  Command modules import only
-argparse at the top, so ``transferkit --help`` stays fast; the heavy libraries
-load inside the function that runs the command.
+Every module in this package that defines ``register(subparsers)`` adds its
+commands (``set_defaults(func=...)``); modules are taken in the order of their
+``ORDER`` number (default 100), then by name, so a new command group needs no
+edit here.  Command modules import only argparse at the top, so ``transferkit
+--help`` stays fast; the heavy libraries load inside the function that runs
+the command.
 """
 
 from __future__ import annotations
@@ -11,11 +13,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 
-COMMAND_MODULES = (
-    "transferkit.cli.predict",
-)
+
+def command_modules() -> list:
+    """The CLI modules that define ``register``, in help order."""
+    import transferkit.cli as pkg
+
+    mods = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_") or info.name == "main":
+            continue
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if hasattr(mod, "register"):
+            mods.append(mod)
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for mod in command_modules():
+        mod.register(sub)
     return parser
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+ORDER = 10  # first in `transferkit --help`
+
 
 def _common(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--model", default="efficientnet_lite0", help=model_help)

@@ -2,8 +2,9 @@
 
 Every task saves its final model in this format, and ``transferkit predict
 --model DIR`` (or :func:`load`) reads it without knowing which task made it:
-``config.json`` names the task, and :data:`TASK_BUILDERS` maps the task to a
-function that rebuilds the empty network from the config.  The weights are
+``config.json`` names the task, and the task's builder
+(``transferkit.tasks.<task>:build_model(config)``, or an entry of
+:data:`TASK_BUILDERS`) rebuilds the empty network from the config.  The weights are
 then read from safetensors (no pickle, so loading never runs code from the
 file) with ``strict=True``.
 
@@ -34,6 +35,7 @@ FORMAT = "transferkit-model"
 FORMAT_VERSION = 1
 
 # task name -> "module:function" that builds the (untrained) nn.Module from config.json.
+# Tasks not listed here follow the convention ``transferkit.tasks.<task>:build_model``.
 # Imported lazily so loading one kind of model never imports every task.
 TASK_BUILDERS: dict[str, str] = {
     "pretrained": "transferkit.core.backbones:build_pretrained",
@@ -203,12 +205,14 @@ def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 def build_module(config: dict[str, Any]) -> Any:
     """Rebuild the untrained network a config describes, via its task's builder."""
-    task = config["task"]
-    target = TASK_BUILDERS.get(task)
-    if target is None:
-        raise TransferkitError(f"Unknown task {task!r} in model config; known: {', '.join(sorted(TASK_BUILDERS))}.")
+    task = str(config["task"])
+    target = TASK_BUILDERS.get(task) or f"transferkit.tasks.{task}:build_model"
     module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)(config)
+    try:
+        builder = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError):
+        raise TransferkitError(f"Unknown task {task!r} in the model config (no builder {target}).") from None
+    return builder(config)
 
 
 def load(path: str | os.PathLike) -> TransferModel:
