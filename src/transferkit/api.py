@@ -118,11 +118,12 @@ def predict(
 
     if top_k < 1:
         raise TransferkitError("--top-k must be at least 1.")
+    items = _collect(inputs, samples)  # cheap checks first: a typo in a path fails before any model loads
     tm = load(model, weights)
     names_of_classes = tm.class_names
     if not names_of_classes:
         raise TransferkitError(f"{tm.architecture} ({tm.task}) is not a classifier; use `transferkit features` instead.")
-    probs, names, _ = _run(tm, _collect(inputs, samples), "probs", batch_size, device, engine, strict, workers, "predict")
+    probs, names, _ = _run(tm, items, "probs", batch_size, device, engine, strict, workers, "predict")
     k = min(top_k, probs.shape[1])
     order = np.argsort(-probs, axis=1)[:, :k]
     return [
@@ -208,8 +209,8 @@ def features(
     """
     if layer not in ("pre_logits", "pooled"):
         raise TransferkitError(f"Unknown --layer {layer!r}; use pre_logits or pooled.")
-    tm = load(model, weights)
     items = _collect(inputs, samples)
+    tm = load(model, weights)
     feats, names, skips = _run(tm, items, layer, batch_size, device, engine, strict, workers, "features")
     fs = FeatureSet(
         features=feats.astype("float32"),

@@ -296,7 +296,9 @@ def fit_state_dict(model: Any, state: dict[str, Any], source: str) -> dict[str, 
 
     The order fallback is what lets ports with other key names load: the
     EfficientNet-Lite0 package's 296 tensors (``_conv_stem.weight``, ...) map in
-    order, shape for shape, onto timm's ``efficientnet_lite0``.
+    order, shape for shape, onto timm's ``efficientnet_lite0``.  It applies only
+    to pickled files, which keep the order they were saved in (safetensors
+    sorts its keys, so the order carries no meaning there).
 
     Raises:
         TransferkitError: the tensors do not fit the architecture.
@@ -311,7 +313,7 @@ def fit_state_dict(model: Any, state: dict[str, Any], source: str) -> dict[str, 
             f"The weights in {source} do not fit: {k} has shape {tuple(state[k].shape)}, "
             f"the architecture expects {tuple(target[k].shape)}."
         )
-    if len(state) == len(target) and all(
+    if not source.endswith(".safetensors") and len(state) == len(target) and all(
         tuple(a.shape) == tuple(b.shape) for a, b in zip(state.values(), target.values())
     ):
         return dict(zip(target.keys(), state.values()))
