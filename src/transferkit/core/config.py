@@ -180,10 +180,11 @@ def save(cfg: Any, path: str | os.PathLike) -> Path:
 
     from transferkit.core.modeldir import atomic_write_text
 
+    values = to_dict(cfg)
     lines = [f"# {type(cfg).__name__}: resolved configuration; `--config {Path(path).name}` reproduces this run"]
     for f in dataclasses.fields(cfg):
         if f.metadata.get("help"):
             lines.append(f"# {f.name}: {f.metadata['help']}")
-        dumped = yaml.safe_dump({f.name: to_dict(cfg)[f.name]}, default_flow_style=None, sort_keys=False, allow_unicode=True)
+        dumped = yaml.safe_dump({f.name: values[f.name]}, default_flow_style=False, sort_keys=False, allow_unicode=True)
         lines.append(dumped.rstrip("\n"))
     return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -185,6 +185,34 @@ def _callbacks_module():
     return EpochLines, EpochTimer
 
 
+def csv_logger(run_dir: str | os.PathLike):
+    """Lightning's CSVLogger writing ``run_dir/metrics.csv``, continuing the file when a run resumes.
+
+    Lightning's own writer deletes an existing metrics.csv; a resumed run would
+    then lose the curves of its first epochs.
+    """
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    class Logger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return Logger(str(run_dir), name="", version="")
+
+
 def make_trainer(
     cfg: TrainConfig,
     run_dir: str | os.PathLike,
@@ -198,7 +226,6 @@ def make_trainer(
     """The Lightning Trainer every task uses (see the module docstring for what it brings)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from transferkit.core.progress import progress_mode
 
@@ -239,7 +266,7 @@ def make_trainer(
         strategy="ddp" if cfg.ddp else "auto",
         precision=choose_precision(cfg.precision, cfg.device),
         max_epochs=max_epochs if max_epochs is not None else cfg.epochs,
-        logger=CSVLogger(str(run_dir), name="", version=""),
+        logger=csv_logger(run_dir),
         callbacks=cbs,
         enable_progress_bar=mode_ == "bar",
         enable_model_summary=False,
