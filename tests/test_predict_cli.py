@@ -127,3 +127,26 @@ def test_bad_input_gives_one_line_and_status_2(cli, tmp_path):
 def test_models_lists_offline_ready(cli):
     proc = cli("models", check=True)
     assert "efficientnet_lite0" in proc.stdout and "timm" in proc.stdout
+
+
+@pytest.mark.slow
+def test_hymenoptera_features_with_broken_files_added(cli, shared_data, tmp_path):
+    """The issue's "Done when": 245 rows from the real folder (a palette .gif, a .jpeg, a name with a space),
+    and a copy with a truncated JPEG and a zero-byte file added still succeeds, naming both skipped files."""
+    import shutil
+
+    src = shared_data / "hymenoptera" / "train"
+    copy = tmp_path / "hym"
+    shutil.copytree(src, copy)
+    raw = (copy / "ants" / "0013035.jpg").read_bytes()
+    (copy / "ants" / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (copy / "bees" / "zero.jpg").write_bytes(b"")
+    proc = cli("features", copy, "--out", tmp_path / "f.npz", env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    assert "truncated.jpg" in proc.stderr and "zero.jpg" in proc.stderr
+    with np.load(tmp_path / "f.npz", allow_pickle=False) as z:
+        paths = [str(p) for p in z["paths"]]
+        assert z["features"].shape == (245, 1280)
+    assert any(p.endswith(".gif") for p in paths)
+    assert any(p.endswith(".jpeg") for p in paths)
+    assert any(" " in p.rsplit("/", 1)[-1] for p in paths)
