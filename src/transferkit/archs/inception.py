@@ -202,18 +202,18 @@ class InceptionNet(nn.Module):
 
 
 @register_arch(default_input=(3, 32, 32))
-def googlenet(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: str = "imagenet", **kw) -> InceptionNet:
+def googlenet(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: str = "imagenet", dropout: float = 0.4) -> InceptionNet:
     """GoogLeNet: 9 reduced Inception modules (3a-5b), batch norm, no auxiliary classifiers."""
-    return InceptionNet(GOOGLENET, width, naive=False, stem=stem, num_classes=num_classes, in_chans=in_chans, **kw)
+    return InceptionNet(GOOGLENET, width, naive=False, stem=stem, num_classes=num_classes, in_chans=in_chans, dropout=dropout)
 
 
 @register_arch(default_input=(3, 32, 32))
-def inception_small(num_classes: int = 10, in_chans: int = 3, width: int = 32, stem: str = "small", **kw) -> InceptionNet:
+def inception_small(num_classes: int = 10, in_chans: int = 3, width: int = 32, stem: str = "small", dropout: float = 0.4) -> InceptionNet:
     """Small Inception network for 28-64 px images: modules 3a, 3b, 4a, 4b with 1x1 reductions."""
-    return InceptionNet(SMALL, width, naive=False, stem=stem, num_classes=num_classes, in_chans=in_chans, **kw)
+    return InceptionNet(SMALL, width, naive=False, stem=stem, num_classes=num_classes, in_chans=in_chans, dropout=dropout)
 
 
 @register_arch(default_input=(3, 32, 32))
-def inception_small_naive(num_classes: int = 10, in_chans: int = 3, width: int = 32, stem: str = "small", **kw) -> InceptionNet:
+def inception_small_naive(num_classes: int = 10, in_chans: int = 3, width: int = 32, stem: str = "small", dropout: float = 0.4) -> InceptionNet:
     """inception_small built from naive modules (no 1x1 reductions, pooling branch keeps every channel)."""
-    return InceptionNet(SMALL, width, naive=True, stem=stem, num_classes=num_classes, in_chans=in_chans, **kw)
+    return InceptionNet(SMALL, width, naive=True, stem=stem, num_classes=num_classes, in_chans=in_chans, dropout=dropout)

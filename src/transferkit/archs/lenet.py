@@ -60,6 +60,6 @@ class LeNet5(nn.Module):
 
 
 @register_arch(default_input=(1, 28, 28))
-def lenet5(num_classes: int = 10, in_chans: int = 1, **kw) -> LeNet5:
+def lenet5(num_classes: int = 10, in_chans: int = 1) -> LeNet5:
     """LeNet-5 (LeCun et al. 1998): two 5x5 conv + average-pool stages, 120-84 fully connected, tanh."""
-    return LeNet5(num_classes=num_classes, in_chans=in_chans, **kw)
+    return LeNet5(num_classes=num_classes, in_chans=in_chans)

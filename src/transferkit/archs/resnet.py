@@ -236,61 +236,61 @@ class ResNet(nn.Module):
 # --------------------------------------------------------------------------- registered factories
 
 
-def _imagenet(block, layers, plain, num_classes, in_chans, width, stem, **kw) -> ResNet:
+def _imagenet(block, layers, plain, num_classes, in_chans, width, stem) -> ResNet:
     widths = tuple(width * 2**i for i in range(4))
-    return ResNet(block, layers, widths, num_classes=num_classes, in_chans=in_chans, plain=plain, stem=stem, **kw)
+    return ResNet(block, layers, widths, num_classes=num_classes, in_chans=in_chans, plain=plain, stem=stem)
 
 
-def _cifar(n: int, plain: bool, num_classes: int, in_chans: int, width: int, stem: str, **kw) -> ResNet:
+def _cifar(n: int, plain: bool, num_classes: int, in_chans: int, width: int, stem: str) -> ResNet:
     widths = (width, 2 * width, 4 * width)
-    return ResNet(BasicBlock, (n, n, n), widths, num_classes=num_classes, in_chans=in_chans, plain=plain, stem=stem, **kw)
+    return ResNet(BasicBlock, (n, n, n), widths, num_classes=num_classes, in_chans=in_chans, plain=plain, stem=stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def resnet18(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def resnet18(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2), stages width-2w-4w-8w (He et al. 2015, table 1)."""
-    return _imagenet(BasicBlock, (2, 2, 2, 2), False, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(BasicBlock, (2, 2, 2, 2), False, num_classes, in_chans, width, stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def resnet34(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def resnet34(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3)."""
-    return _imagenet(BasicBlock, (3, 4, 6, 3), False, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(BasicBlock, (3, 4, 6, 3), False, num_classes, in_chans, width, stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def resnet50(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def resnet50(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """ResNet-50: bottleneck blocks (3, 4, 6, 3), outputs 4x the stage width."""
-    return _imagenet(Bottleneck, (3, 4, 6, 3), False, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(Bottleneck, (3, 4, 6, 3), False, num_classes, in_chans, width, stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def plain18(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def plain18(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """Plain-18: ResNet-18 without shortcuts (the paper's plain baseline)."""
-    return _imagenet(BasicBlock, (2, 2, 2, 2), True, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(BasicBlock, (2, 2, 2, 2), True, num_classes, in_chans, width, stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def plain34(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def plain34(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """Plain-34: ResNet-34 without shortcuts."""
-    return _imagenet(BasicBlock, (3, 4, 6, 3), True, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(BasicBlock, (3, 4, 6, 3), True, num_classes, in_chans, width, stem)
 
 
 @register_arch(default_input=(3, 32, 32))
-def plain50(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet", **kw) -> ResNet:
+def plain50(num_classes: int = 1000, in_chans: int = 3, width: int = 64, stem: Stem = "imagenet") -> ResNet:
     """Plain-50: ResNet-50 without shortcuts."""
-    return _imagenet(Bottleneck, (3, 4, 6, 3), True, num_classes, in_chans, width, stem, **kw)
+    return _imagenet(Bottleneck, (3, 4, 6, 3), True, num_classes, in_chans, width, stem)
 
 
 def _register_cifar(depth: int) -> None:
     """resnetD and plainD with D = 6n + 2 (three stages of n basic blocks, widths 16-32-64)."""
     n = (depth - 2) // 6
 
-    def residual(num_classes: int = 10, in_chans: int = 3, width: int = 16, stem: Stem = "small", **kw) -> ResNet:
-        return _cifar(n, False, num_classes, in_chans, width, stem, **kw)
+    def residual(num_classes: int = 10, in_chans: int = 3, width: int = 16, stem: Stem = "small") -> ResNet:
+        return _cifar(n, False, num_classes, in_chans, width, stem)
 
-    def plain(num_classes: int = 10, in_chans: int = 3, width: int = 16, stem: Stem = "small", **kw) -> ResNet:
-        return _cifar(n, True, num_classes, in_chans, width, stem, **kw)
+    def plain(num_classes: int = 10, in_chans: int = 3, width: int = 16, stem: Stem = "small") -> ResNet:
+        return _cifar(n, True, num_classes, in_chans, width, stem)
 
     for fn, kind, text in ((residual, "resnet", "ResNet"), (plain, "plain", "Plain")):
         fn.__name__ = fn.__qualname__ = f"{kind}{depth}"

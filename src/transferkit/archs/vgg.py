@@ -120,24 +120,28 @@ def _vgg(name: str, num_classes: int, in_chans: int, width: int, **kw) -> VGG:
 
 
 @register_arch(default_input=(3, 32, 32))
-def vgg11(num_classes: int = 1000, in_chans: int = 3, width: int = 64, **kw) -> VGG:
+def vgg11(num_classes: int = 1000, in_chans: int = 3, width: int = 64, batch_norm: bool = True, hidden: int = 512,
+          pool_size: int = 1, dropout: float = 0.5) -> VGG:
     """VGG-11 (configuration A): 8 convolutions, 3 fully connected layers."""
-    return _vgg("vgg11", num_classes, in_chans, width, **kw)
+    return _vgg("vgg11", num_classes, in_chans, width, batch_norm=batch_norm, hidden=hidden, pool_size=pool_size, dropout=dropout)
 
 
 @register_arch(default_input=(3, 32, 32))
-def vgg13(num_classes: int = 1000, in_chans: int = 3, width: int = 64, **kw) -> VGG:
+def vgg13(num_classes: int = 1000, in_chans: int = 3, width: int = 64, batch_norm: bool = True, hidden: int = 512,
+          pool_size: int = 1, dropout: float = 0.5) -> VGG:
     """VGG-13 (configuration B): 10 convolutions."""
-    return _vgg("vgg13", num_classes, in_chans, width, **kw)
+    return _vgg("vgg13", num_classes, in_chans, width, batch_norm=batch_norm, hidden=hidden, pool_size=pool_size, dropout=dropout)
 
 
 @register_arch(default_input=(3, 32, 32))
-def vgg16(num_classes: int = 1000, in_chans: int = 3, width: int = 64, **kw) -> VGG:
+def vgg16(num_classes: int = 1000, in_chans: int = 3, width: int = 64, batch_norm: bool = True, hidden: int = 512,
+          pool_size: int = 1, dropout: float = 0.5) -> VGG:
     """VGG-16 (configuration D): 13 convolutions."""
-    return _vgg("vgg16", num_classes, in_chans, width, **kw)
+    return _vgg("vgg16", num_classes, in_chans, width, batch_norm=batch_norm, hidden=hidden, pool_size=pool_size, dropout=dropout)
 
 
 @register_arch(default_input=(3, 32, 32))
-def vgg19(num_classes: int = 1000, in_chans: int = 3, width: int = 64, **kw) -> VGG:
+def vgg19(num_classes: int = 1000, in_chans: int = 3, width: int = 64, batch_norm: bool = True, hidden: int = 512,
+          pool_size: int = 1, dropout: float = 0.5) -> VGG:
     """VGG-19 (configuration E): 16 convolutions."""
-    return _vgg("vgg19", num_classes, in_chans, width, **kw)
+    return _vgg("vgg19", num_classes, in_chans, width, batch_norm=batch_norm, hidden=hidden, pool_size=pool_size, dropout=dropout)
