@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_class_folders
+from tests.conftest import make_class_folders
 from transferkit.core import featcache
 
 
