@@ -23,6 +23,7 @@ from transferkit.core.datasets import ArrayData
 from transferkit.errors import TransferkitError
 from transferkit.tasks.autoencoder.config import AEConfig, FinetuneConfig
 from transferkit.tasks.autoencoder.data import (
+    Split,
     grey_of,
     held_out_rows,
     make_split,
@@ -206,7 +207,8 @@ def _pairs(net) -> list[Any]:
 
 
 def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLike, resume: bool = False,
-        on_stage_end: Callable[[int, Any], None] | None = None) -> Path:
+        on_stage_end: Callable[[int, Any], None] | None = None,
+        split: tuple[Sequence[int], Sequence[int]] | None = None) -> Path:
     """Train an autoencoder on DATA and write the run directory ``out``; returns its path.
 
     Args:
@@ -214,6 +216,8 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
         data: ``digits``, an MNIST IDX folder, an image folder, or an :class:`ArrayData`.
         resume: continue an interrupted run in ``out``.
         on_stage_end: stacked only, called as ``f(k, net)`` after greedy layer k (tests use it).
+        split: (training rows, held-out rows) of DATA, instead of a split by
+            ``cfg.val_fraction`` (novelty detection brings its own).
     """
     from transferkit.core import config as cfgmod
     from transferkit.core import engine
@@ -232,7 +236,13 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     arrays = read_data(data, cfg.size, cfg.grayscale)
     check_data(cfg, arrays)
     source = source_id(data)
-    split = make_split(arrays, cfg.val_fraction, cfg.seed, cfg.max_images)
+    if split is None:
+        rows = make_split(arrays, cfg.val_fraction, cfg.seed, cfg.max_images)
+    else:
+        rows = Split([int(i) for i in split[0]], [int(i) for i in split[1]], arrays.source, len(arrays))
+    if len(rows.train) < 2:
+        raise TransferkitError(f"{source} leaves {len(rows.train)} training image(s) after the split; give more images.")
+    split = rows
     cfgmod.save(cfg, run_dir / "config.yaml")
     save_split(split, run_dir, source)
     x = to_float(arrays.images)  # (N, C, H, W) in [0, 1]
