@@ -157,10 +157,10 @@ class InceptionNet(nn.Module):
         if stem == "imagenet":
             self.stem = nn.Sequential(
                 ConvBNReLU(in_chans, s(64), 7, stride=2),
-                nn.MaxPool2d(3, stride=2, ceil_mode=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
                 ConvBNReLU(s(64), s(64), 1),
                 ConvBNReLU(s(64), stem_out, 3),
-                nn.MaxPool2d(3, stride=2, ceil_mode=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
             )
         elif stem == "small":
             self.stem = nn.Sequential(ConvBNReLU(in_chans, s(64), 3), ConvBNReLU(s(64), stem_out, 3))
@@ -171,7 +171,7 @@ class InceptionNet(nn.Module):
         blocks = nn.Sequential()
         for row in spec:
             if row == "pool":
-                blocks.add_module(f"pool{len(blocks)}", nn.MaxPool2d(3, stride=2, ceil_mode=True))
+                blocks.add_module(f"pool{len(blocks)}", nn.MaxPool2d(3, stride=2, padding=1))
                 continue
             name, *sizes = row
             m = inception_module(channels, [s(c) for c in sizes], naive)

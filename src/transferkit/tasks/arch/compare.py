@@ -100,6 +100,24 @@ class CompareData:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
+def stratified_subset(labels: Any, n: int, seed: int) -> Any:
+    """Exactly ``n`` indices, drawn so that every class keeps its share (seeded).
+
+    Each class's indices are shuffled and given keys (rank + u) / class size, u uniform
+    in [0, 1); the n smallest keys interleave the classes in proportion.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    labels = np.asarray(labels)
+    keys = np.empty(len(labels))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rng.shuffle(members)
+        keys[members] = (np.arange(len(members)) + rng.random(len(members))) / len(members)
+    return np.sort(np.argsort(keys, kind="stable")[:n])
+
+
 def load_data(cfg: CompareConfig) -> CompareData:
     """Read DATA, resize if asked, subsample, split (seeded, stratified) and measure mean/std on the training part."""
     import numpy as np
@@ -128,9 +146,8 @@ def load_data(cfg: CompareConfig) -> CompareData:
     how = f"{arrays.source}"
     idx = np.arange(len(labels))
     if cfg.max_samples is not None and cfg.max_samples < len(labels):
-        keep, _ = stratified_split(labels, 1 - cfg.max_samples / len(labels), cfg.seed + 1)
-        idx = np.asarray(keep)
-        how += f", seeded subset of {len(idx)}"
+        idx = stratified_subset(labels, cfg.max_samples, cfg.seed)
+        how += f", seeded stratified subset of {len(idx)}"
     tr, va = stratified_split(labels[idx], cfg.val_fraction, cfg.seed)
     tr, va = idx[tr], idx[va]
     if len(tr) < 2 or len(va) < 1:
