@@ -1,0 +1,350 @@
+"""Siamese networks: balanced sampling, one shared encoder, unseen-class episodes, the runs format,
+calibration, verification against a generated gallery, and a tiny model that beats chance, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from transferkit.errors import TransferkitError
+from transferkit.tasks.siamese import SiameseConfig, calibrate, evaluate, evaluate_runs, fit, verify
+from transferkit.tasks.siamese.thresholds import choose_threshold, verification_pairs
+from transferkit.tasks.siamese.data import (
+    AffineRanges, ClassBatchSampler, ImageSet, TrainImages, balanced_pairs, load_image_set, random_affine)
+from transferkit.tasks.siamese.episodes import mean_ci95, read_runs, sample_episodes, write_runs
+from transferkit.tasks.siamese.oneshot import seen_filter
+from transferkit.tasks.siamese.losses import make_objective
+from transferkit.tasks.siamese.model import SiameseNet, make_encoder
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread (and leave the other core to the rest of the suite)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- generated data
+
+
+def face(params: np.ndarray, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A grey cartoon face: head, two eyes, nose and mouth placed by the identity's ``params`` (+ jitter)."""
+    hw, hh, eye_dx, eye_y, eye_r, mouth_w, mouth_y, nose = params + rng.normal(0, 0.012, len(params))
+    s = size * 4  # draw large, then downsample (anti-aliasing)
+    img = Image.new("L", (s, s), 235)
+    d = ImageDraw.Draw(img)
+    cx, cy = s / 2 + rng.normal(0, 1.5), s / 2 + rng.normal(0, 1.5)
+    d.ellipse([cx - hw * s, cy - hh * s, cx + hw * s, cy + hh * s], fill=170, outline=60, width=3)
+    for sx in (-1, 1):
+        ex, ey, r = cx + sx * eye_dx * s, cy - eye_y * s, eye_r * s
+        d.ellipse([ex - r, ey - r, ex + r, ey + r], fill=20)
+    d.line([cx, cy - 0.02 * s, cx, cy + nose * s], fill=60, width=4)
+    my = cy + mouth_y * s
+    d.line([cx - mouth_w * s, my, cx + mouth_w * s, my], fill=30, width=5)
+    return img.resize((size, size), Image.BILINEAR)
+
+
+def identity_params(rng: np.random.Generator) -> np.ndarray:
+    lo = np.array([0.28, 0.32, 0.08, 0.06, 0.025, 0.05, 0.12, 0.05])
+    hi = np.array([0.42, 0.46, 0.18, 0.16, 0.06, 0.16, 0.26, 0.14])
+    return rng.uniform(lo, hi)
+
+
+def make_faces(root: Path, n_ids: int, per_id: int, seed: int, prefix: str = "person") -> dict[str, np.ndarray]:
+    """``root/<prefix>NN/*.png``: ``per_id`` images of each of ``n_ids`` generated identities."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for k in range(n_ids):
+        name = f"{prefix}{k:02d}"
+        params[name] = identity_params(rng)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_id):
+            face(params[name], rng).save(root / name / f"{i}.png")
+    return params
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faces")
+    make_faces(root / "train", 16, 8, seed=1)
+    make_faces(root / "heldout", 8, 6, seed=2, prefix="visitor")
+    return {"train": root / "train", "heldout": root / "heldout", "root": root}
+
+
+TINY = dict(image_size=32, width=0.5, embedding=32, epochs=4, steps_per_epoch=15, batch_size=32, per_class=4,
+            val_classes=0.25, warmup_steps=5, lr=3e-3, precision="32", device="cpu", seed=0,
+            augment_p=0.0)  # Koch's distortions are for characters; a face's geometry is its identity here
+
+
+@pytest.fixture(scope="module")
+def trained(faces, tmp_path_factory) -> Path:
+    """A small-cnn trained for 60 steps on 12 generated identities (4 held out)."""
+    run = tmp_path_factory.mktemp("runs") / "faces_run"
+    return fit(SiameseConfig(**TINY), faces["train"], run)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_class_batches_are_balanced_and_rotations_never_share_a_batch():
+    labels = np.repeat(np.arange(10), 6)
+    labels[-3:] = 9  # class 9 has 9 images
+    images = np.zeros((len(labels), 8, 8), np.uint8)
+    ds = TrainImages(images, labels, rotations=True)
+    sampler = ClassBatchSampler(ds, classes_per_batch=5, per_class=4, steps=20, seed=3)
+    batches = list(sampler)
+    assert len(batches) == 20
+    for b in batches:
+        assert len(b) == len(set(b)) == 20  # 5 classes x 4 distinct images
+        ys = [ds.label(v) for v in b]
+        counts = np.unique(ys, return_counts=True)[1]
+        assert len(counts) == 5 and set(counts) == {4}
+        base = {v % ds.n for v in b}
+        assert len({labels[i] for i in base}) == 5  # one rotation of a base class at most
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new epoch, new batches; the same epoch, the same batches
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+
+
+def test_rotated_classes_are_rotated_images():
+    img = np.zeros((1, 6, 6), np.uint8)
+    img[0, 0, :] = 255  # a bar along the top
+    ds = TrainImages(np.repeat(img, 2, 0), np.array([0, 0]), rotations=True)
+    x, y = ds.__getitems__([0, 2, 4, 6])  # image 0 at 0, 90, 180, 270 degrees
+    assert y.tolist() == [0, 1, 2, 3]
+    assert x[0, 0].sum() == 6 * 255 and x[2, -1].sum() == 6 * 255  # 180 degrees: the bar at the bottom
+    assert x[1, :, 0].sum() == 6 * 255  # 90 degrees counter-clockwise: the bar on the left
+
+
+def test_balanced_pairs_never_pair_an_image_with_itself():
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    i, j, t = balanced_pairs(y, generator=torch.Generator().manual_seed(0))
+    assert int(t.sum()) == int((1 - t).sum()) > 0  # as many same as different pairs
+    assert bool((i != j).all())
+    assert bool(((y[i] == y[j]).float() == t).all())
+    scores = torch.randn(10, 10)
+    i2, j2, t2 = balanced_pairs(y, hard_scores=scores)
+    neg = t2 == 0
+    hardest = scores[i2[neg], j2[neg]].min()
+    all_neg = scores[(y[:, None] != y[None]) & torch.triu(torch.ones(10, 10, dtype=torch.bool), 1)]
+    assert int((all_neg > hardest).sum()) <= int(neg.sum())  # hard mining takes the most similar different pairs
+
+
+@pytest.mark.parametrize("loss,mining", [("triplet", "semihard"), ("triplet", "hard"), ("contrastive", "semihard")])
+def test_mined_tuples_are_valid(loss, mining):
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(24, 8), dim=-1)
+    y = torch.arange(6).repeat_interleave(4)
+    obj = make_objective(loss, 0.5, mining)
+    tuples = obj.miner(emb, y)
+    if len(tuples) == 3:  # (anchor, positive, negative)
+        a, p, n = tuples
+        assert len(a) > 0
+        assert bool((a != n).all()) and bool((y[a] != y[n]).all())
+        assert bool((a != p).all()) and bool((y[a] == y[p]).all())
+    else:  # (a1, p, a2, n)
+        a1, p, a2, n = tuples
+        assert bool((a1 != p).all()) and bool((y[a1] == y[p]).all())
+        assert bool((a2 != n).all()) and bool((y[a2] != y[n]).all())
+    assert float(obj(emb, y, None)) >= 0
+
+
+def test_one_encoder_shared_by_both_twins():
+    enc, _ = make_encoder("small-cnn", 1, 32, 16, width=0.25)
+    net = SiameseNet(enc, 16, "pair", 1, [0.5], [0.25])
+    n_encoder = sum(p.numel() for p in enc.parameters())
+    n_total = sum(p.numel() for p in net.parameters())
+    assert n_total == n_encoder + 16 + 1  # one encoder + Koch's head (alpha, bias): no second copy
+    x1, x2 = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32)
+    net.eval()
+    loss = net.distance(net.embed(x1), net.embed(x2)).sum()
+    loss.backward()
+    conv = net.encoder.stages[0].conv.weight
+    assert conv.grad is not None and conv.grad.abs().sum() > 0
+    # the same image through either twin gives the same embedding, and distance zero to itself
+    with torch.no_grad():
+        e = net.embed(x1)
+        assert torch.equal(e, net.embed(x1.clone()))
+        assert torch.allclose(torch.diagonal(net.cdist(e, e)), net.distance(e, e))
+
+
+def test_affine_distortion_keeps_a_blank_page_blank_and_can_be_off():
+    x = torch.ones(4, 1, 20, 20)
+    y = random_affine(x, AffineRanges(p=1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(y, x)  # borders are replicated: white stays white
+    z = torch.rand(4, 1, 20, 20)
+    assert torch.equal(random_affine(z, AffineRanges(p=0.0)), z)
+    moved = random_affine(z, AffineRanges(p=1.0), torch.Generator().manual_seed(0))
+    assert not torch.allclose(moved, z)
+
+
+# --------------------------------------------------------------------------- episodes and the runs format
+
+
+def test_episodes_are_seeded_and_use_only_the_pool():
+    labels = np.repeat(np.arange(30), 5)
+    pool = list(range(10, 30))
+    eps = sample_episodes(labels, pool, way=5, shot=2, queries=2, n=50, seed=7)
+    again = sample_episodes(labels, pool, way=5, shot=2, queries=2, n=50, seed=7)
+    for e, f in zip(eps, again):
+        assert np.array_equal(e.support, f.support) and np.array_equal(e.query, f.query)
+    for e in eps:
+        assert set(labels[e.support.ravel()]) | set(labels[e.query.ravel()]) <= set(pool)
+        assert len(set(e.support.ravel()) | set(e.query.ravel())) == 5 * 4  # all distinct
+        assert all((labels[e.support[r]] == e.classes[r]).all() for r in range(5))
+    with pytest.raises(TransferkitError, match="need 5 classes"):
+        sample_episodes(labels, [1, 2, 3], way=5, shot=1, queries=1, n=1)
+    m, ci = mean_ci95([1.0, 0.5, 0.75, 0.25])
+    assert m == pytest.approx(0.625) and 0 < ci < 0.5
+
+
+def test_eval_excludes_seen_classes_and_alphabets():
+    ds = ImageSet(np.zeros((8, 4, 4), np.uint8), np.arange(8) // 2,
+                  ["Greek/c1", "Greek/c2", "Tagalog/c1", "Sanskrit/c9"], "omniglot", [])
+
+    class Model:
+        config = {"class_names": ["Korean/c1", "Latin/c3"], "training": {"alphabets": ["Greek", "Korean", "Latin"]}}
+
+    keep, info = seen_filter(Model(), ds)
+    assert [ds.classes[k] for k in keep] == ["Tagalog/c1", "Sanskrit/c9"]
+    assert info["excluded_alphabets"] == ["Greek"] and info["excluded_classes"] == 2
+    Model.config = {"class_names": ["Tagalog/c1"], "training": {"alphabets": []}}
+    keep, _ = seen_filter(Model(), ds)
+    assert "Tagalog/c1" not in [ds.classes[k] for k in keep] and len(keep) == 3
+
+
+def test_runs_reader_reads_what_the_writer_wrote(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12 * 3, 10, 10), dtype=np.uint8)
+    labels = np.repeat(np.arange(12), 3)
+    classes = [f"A{c // 6}/ch{c}" for c in range(12)]
+    write_runs(images, labels, classes, tmp_path / "runs", n_runs=3, way=5, seed=1, groups=[c.split("/")[0] for c in classes])
+    runs = read_runs(tmp_path / "runs")
+    assert [r.name for r in runs] == ["run01", "run02", "run03"]
+    for r in runs:
+        assert len(r.training) == 5 and len(r.test) == 5 and sorted(r.answers) == list(range(5))
+        for t, a in zip(r.test, r.answers):  # the answer's image is the same class's other drawing
+            test_img = np.asarray(Image.open(t))
+            train_img = np.asarray(Image.open(r.training[a]))
+            ct = labels[[k for k in range(len(images)) if np.array_equal(images[k], test_img)][0]]
+            ca = labels[[k for k in range(len(images)) if np.array_equal(images[k], train_img)][0]]
+            assert ct == ca and not np.array_equal(test_img, train_img)
+    # paths relative to the run folder (another common spelling) are accepted too
+    run1 = tmp_path / "runs" / "run01"
+    text = (run1 / "class_labels.txt").read_text().replace("run01/", "")
+    (run1 / "class_labels.txt").write_text(text)
+    assert read_runs(tmp_path / "runs")[0].answers == runs[0].answers
+    (run1 / "class_labels.txt").write_text("test/item01.png\n")
+    with pytest.raises(TransferkitError, match="expected"):
+        read_runs(tmp_path / "runs")
+    with pytest.raises(TransferkitError, match="no runNN"):
+        read_runs(tmp_path)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_threshold_separates_separable_groups():
+    rng = np.random.default_rng(0)
+    same, diff = rng.uniform(0.1, 0.4, 300), rng.uniform(0.7, 1.2, 300)
+    cal = choose_threshold(same, diff)
+    assert same.max() < cal.threshold < diff.min()
+    assert cal.far == 0 and cal.frr == 0 and cal.eer == 0 and cal.auc == 1.0
+    # overlapping groups: EER where FAR ~ FRR; a target FAR is respected
+    same, diff = rng.normal(0.4, 0.1, 2000), rng.normal(0.7, 0.1, 2000)
+    cal = choose_threshold(same, diff)
+    assert abs(cal.far - cal.frr) < 0.01 and 0.05 < cal.eer < 0.1
+    strict = choose_threshold(same, diff, target_far=0.01)
+    assert strict.far <= 0.01 and strict.threshold < cal.threshold and strict.method == "far"
+
+
+def test_verification_pairs_are_balanced_and_distinct():
+    labels = np.repeat(np.arange(5), 4)
+    i, j, same = verification_pairs(labels, 100, seed=0)
+    assert same.sum() == (1 - same).sum() == 5 * 6  # every same pair that exists, and as many different ones
+    assert (i != j).all()
+    assert ((labels[i] == labels[j]) == same.astype(bool)).all()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_data_layouts(tmp_path, faces):
+    ds = load_image_set(faces["train"], 24)
+    assert ds.kind == "folders" and ds.grey and ds.images.shape[1:] == (24, 24) and len(ds.classes) == 16
+    omni = tmp_path / "omni"
+    for a in ("Alpha", "Beta"):
+        for c in ("character01", "character02"):
+            (omni / a / c).mkdir(parents=True)
+            for k in range(2):
+                Image.new("L", (105, 105), 255).save(omni / a / c / f"x_{k:02d}.png")
+    ds = load_image_set(omni, 52)
+    assert ds.kind == "omniglot" and ds.classes[0] == "Alpha/character01" and ds.group_of(ds.classes[3]) == "Beta"
+
+
+def test_trained_model_beats_chance_on_unseen_identities(trained, faces):
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 60
+    res = evaluate(trained, faces["heldout"], way=5, shot=1, episodes=60, seed=0)
+    assert res["classes"] == 8 and res["excluded_classes"] == 0
+    assert res["accuracy"] > 0.6, res  # chance is 0.2
+    assert 0 < res["ci95"] < 0.2
+    # the training identities are excluded from episodes: not enough unseen ones remain there
+    with pytest.raises(TransferkitError, match="has 0 classes the model has not seen"):
+        evaluate(trained, faces["train"], way=5)
+
+
+def test_calibrate_then_verify_rejects_an_unknown_face(trained, faces, tmp_path):
+    rec = calibrate(trained, faces["heldout"], pairs=300, seed=0)
+    assert rec["method"] == "eer" and rec["eer"] < 0.35 and rec["auc"] > 0.7
+    stored = json.loads((trained / "model" / "config.json").read_text())["verification"]
+    assert stored["threshold"] == pytest.approx(rec["threshold"])
+    assert (trained / "calibration_hist.png").is_file() and (trained / "calibration_roc.png").is_file()
+    # a gallery of four generated people; probes: new photos of two of them, and two strangers
+    rng = np.random.default_rng(11)
+    gallery, probes = tmp_path / "gallery", tmp_path / "probes"
+    probes.mkdir()
+    people = {f"p{k}": identity_params(rng) for k in range(4)}
+    for name, prm in people.items():
+        (gallery / name).mkdir(parents=True)
+        for i in range(2):
+            face(prm, rng).save(gallery / name / f"{i}.png")
+    face(people["p1"], rng).save(probes / "known_p1.png")
+    face(people["p3"], rng).save(probes / "known_p3.png")
+    stranger = np.array([0.45, 0.30, 0.20, 0.03, 0.075, 0.19, 0.29, 0.03])  # unlike anyone in the gallery
+    for k in range(2):
+        face(stranger, rng).save(probes / f"unknown_{k}.png")
+    strict = calibrate(trained, faces["heldout"], target_far=0.02, pairs=300, seed=0)
+    assert strict["method"] == "far" and strict["far"] <= 0.02 and strict["threshold"] < rec["threshold"]
+    out = {Path(r["path"]).stem: r for r in verify(trained, gallery, [probes])}
+    assert out["known_p1"]["identity"] == "p1" and out["known_p3"]["identity"] == "p3"
+    assert not out["unknown_0"]["match"] and not out["unknown_1"]["match"]
+    assert min(out["unknown_0"]["distance"], out["unknown_1"]["distance"]) > max(
+        out["known_p1"]["distance"], out["known_p3"]["distance"])
+    assert all(r["threshold"] == pytest.approx(strict["threshold"]) for r in out.values())
+
+
+def test_report_and_model_directory(trained):
+    html = (trained / "report.html").read_text()
+    for name in ("curves_loss.png", "curves_val_acc.png", "distances.png", "roc.png", "episodes.png"):
+        assert (trained / name).is_file()
+        assert f"data-file='{name}'" in html
+    import transferkit
+
+    model = transferkit.load(trained)
+    assert model.task == "siamese" and model.config["verification"]["threshold"] > 0
+    assert sorted(model.config["class_names"]) == sorted(f"person{k:02d}" for k in range(16))
+    assert len(model.config["training"]["val_classes"]) == 4
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model.module(x).shape == (2, 32)
