@@ -38,7 +38,7 @@ def one_thread():
 
 def face(params: np.ndarray, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """A grey cartoon face: head, two eyes, nose and mouth placed by the identity's ``params`` (+ jitter)."""
-    hw, hh, eye_dx, eye_y, eye_r, mouth_w, mouth_y, nose = params + rng.normal(0, 0.012, len(params))
+    hw, hh, eye_dx, eye_y, eye_r, mouth_w, mouth_y, nose = np.maximum(params + rng.normal(0, 0.012, len(params)), 0.01)
     s = size * 4  # draw large, then downsample (anti-aliasing)
     img = Image.new("L", (s, s), 235)
     d = ImageDraw.Draw(img)
