@@ -106,6 +106,14 @@ def test_every_family_is_an_encoder_for_other_tasks(name):
     assert tuple(y.shape) == (2, enc.num_features)
 
 
+def test_timm_prefix_gives_timms_encoder_where_the_names_clash():
+    ours, _ = create_encoder("resnet18", in_chans=3)
+    theirs, pre = create_encoder("timm/resnet18", weights=None)
+    assert type(ours).__module__ == "transferkit.archs.resnet"
+    assert type(theirs).__module__.startswith("timm.") and pre is not None
+    assert ours.num_features == theirs.num_features == 512
+
+
 def test_registering_a_duplicate_name_raises():
     before = dict(list_archs())
 

@@ -94,7 +94,9 @@ def create_encoder(name: str, in_chans: int = 3, weights: Any = "pretrained") ->
     Args:
         name: a registered architecture (built from scratch) or a timm model /
             registered pretrained weight name (pretrained, resolved offline
-            first, see :func:`transferkit.core.backbones.resolve`).
+            first, see :func:`transferkit.core.backbones.resolve`).  Where
+            both have the name (``resnet18``), the registered one wins;
+            ``timm/resnet18`` asks for timm's.
         in_chans: input channels for from-scratch architectures.  Pretrained
             backbones take RGB; feed grey images as three equal channels.
         weights: ``"pretrained"`` (default), ``None`` for random init of a timm
@@ -103,7 +105,9 @@ def create_encoder(name: str, in_chans: int = 3, weights: Any = "pretrained") ->
     Returns:
         (module with ``num_features``, :class:`Preprocessing` or None for from-scratch nets)
     """
-    if is_arch(name):
+    if name.startswith("timm/"):
+        name = name[len("timm/"):]
+    elif is_arch(name):
         return create_arch(name, num_classes=0, in_chans=in_chans), None
     from transferkit.core.backbones import Preprocessing, _entry_for, resolve
 
