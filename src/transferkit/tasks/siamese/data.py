@@ -276,7 +276,9 @@ class ClassBatchSampler:
     """Batches of ``classes_per_batch`` classes x ``per_class`` images, ``steps`` batches per epoch.
 
     Seeded per epoch (``set_epoch``, which Lightning calls), so a resumed run
-    sees the batches the interrupted one would have.  A class with fewer than
+    sees the batches the interrupted one would have; under DDP each process
+    draws its own batches (seeded by its rank too), so Lightning must not
+    replace this sampler (``use_distributed_sampler=False``).  A class with fewer than
     ``per_class`` images contributes all of them; classes with one image are
     never drawn (they have no positive).  With rotated classes, one rotation
     of a base class at most per batch.
@@ -302,7 +304,7 @@ class ClassBatchSampler:
         return self.steps
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch, _rank()])  # under DDP each process draws its own batches
         base = np.asarray(self.base_classes)
         for _ in range(self.steps):
             chosen = rng.choice(base, self.classes_per_batch, replace=False)
@@ -313,6 +315,12 @@ class ClassBatchSampler:
                 pick = rng.choice(m, min(self.per_class, len(m)), replace=False)
                 batch.extend(int(i) + int(r) * self.n for i in pick)
             yield batch
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def balanced_pairs(labels: Any, generator: Any = None, hard_scores: Any = None):

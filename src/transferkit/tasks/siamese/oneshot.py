@@ -48,7 +48,7 @@ def load_siamese(run_or_model: str | os.PathLike):
 def input_size(model: Any) -> tuple[int, bool]:
     """(side in pixels, grey) the model's images are read at."""
     pre = model.config["preprocessing"]
-    return int(pre["input_size"][-1]), bool(model.config["siamese"].get("grey", pre["input_size"][0] == 1))
+    return int(pre["input_size"][-1]), bool(model.config["siamese"]["grey"])
 
 
 def embed_images(net: Any, images: np.ndarray, batch_size: int = 256):

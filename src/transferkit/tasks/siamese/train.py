@@ -121,7 +121,8 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
     vloader = val_loader(val.images) if val is not None else None
     monitor = "val_acc" if val_eps else None
-    trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ")
+    trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ",
+                                  use_distributed_sampler=False)  # ClassBatchSampler draws per rank itself
     n_train = len(train.classes) * (4 if rotations else 1)
     _say(f"training {cfg.encoder} ({cfg.loss} loss, {cfg.embedding}-d) on {len(train)} images of {len(train.classes)} "
          f"classes{' x4 rotations' if rotations else ''} = {n_train} classes; {len(val_c)} classes held out; "
@@ -176,9 +177,10 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "architecture": cfg.encoder,
         "num_classes": 0,
         "class_names": list(data_set.classes),
-        "preprocessing": Preprocessing(input_size=(1 if grey else 3, size, size), interpolation="bilinear", crop_pct=1.0,
-                                       crop_mode="squash", mean=(0.0,) * (1 if grey else 3),
-                                       std=(1.0,) * (1 if grey else 3)).to_dict(),
+        # what `transferkit predict/features --model RUN` feed: RGB pixels in [0, 1] (the network normalises,
+        # and averages RGB back to grey for a grey model); siamese commands read grey images directly
+        "preprocessing": Preprocessing(input_size=(3, size, size), interpolation="bilinear", crop_pct=1.0,
+                                       crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
                     "width": cfg.width, "grey": grey, "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
