@@ -290,3 +290,20 @@ def test_clear_errors(tmp_path, cli):
     assert proc.returncode == 2
     proc = cli("seq2seq", "fit", nothing, "--out", tmp_path / "r", "--hidden", "0")
     assert proc.returncode == 2 and "--hidden" in proc.stderr
+
+
+@pytest.mark.shared_data
+def test_cli_on_the_english_french_pairs(shared_data, tmp_path, cli):
+    """fit (with its held-out evaluation) and translate on the real pairs (a tiny model, one epoch: plumbing, not quality)."""
+    pairs = shared_data / "tatoeba-fra-eng" / "eng-fra.tsv"
+    run = tmp_path / "fr"
+    proc = cli("seq2seq", "fit", pairs, "--out", run, "--max-pairs", "400", "--hidden", "16", "--embed", "8",
+               "--epochs", "1", "--beam", "2", "--device", "cpu", "--json", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["pairs"] == sum(1 for _ in (run / "heldout.tsv").open(encoding="utf-8")) > 10
+    inp = tmp_path / "in.txt"
+    inp.write_text("Go.\nI'm cold.\n\nCafé ? Ça va\n", encoding="utf-8")
+    proc = cli("seq2seq", "translate", run, "--file", inp, "--out", tmp_path / "out.txt", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 4

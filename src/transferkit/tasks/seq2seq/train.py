@@ -94,7 +94,7 @@ def _module_class():
     import torch.nn.functional as F
 
     from transferkit.tasks.seq2seq.decode import greedy
-    from transferkit.tasks.seq2seq.vocab import PAD
+    from transferkit.tasks.seq2seq.vocab import PAD, UNK
 
     class Seq2seqModule(pl.LightningModule):
         """Teacher-forced training; validation reports loss, token accuracy and greedy-decoded chrF/BLEU."""
@@ -124,7 +124,8 @@ def _module_class():
             logits = self.net(batch["src"], batch["src_len"], batch["tgt_in"])
             self.log("val_loss", self._loss(logits, tgt, 0.0), on_step=False, on_epoch=True, batch_size=tgt.size(0))
             real = tgt != PAD
-            self._correct += int(((logits.argmax(-1) == tgt) & real).sum())
+            # an <unk> target is never "right": the true token is one the model cannot produce
+            self._correct += int(((logits.argmax(-1) == tgt) & real & (tgt != UNK)).sum())
             self._total += int(real.sum())
             dec = greedy(self.net, batch["src"], batch["src_len"], max_len=tgt.size(1) + 10)
             for i, ids in zip(batch["index"].tolist(), dec.tokens.tolist()):

@@ -125,11 +125,11 @@ class Translator:
         return tokenize(text, self.src_vocab.level), out_tok, dec.attention[0, :n].cpu().numpy()
 
     def token_accuracy(self, pairs: Sequence[tuple[str, str]], batch_size: int = 128) -> float:
-        """Share of target tokens (</s> included, padding excluded) predicted right under teacher forcing."""
+        """Share of target tokens (</s> included, padding excluded; <unk> targets count as wrong) predicted right under teacher forcing."""
         import torch
 
         from transferkit.tasks.seq2seq.data import PairDataset, collate
-        from transferkit.tasks.seq2seq.vocab import PAD
+        from transferkit.tasks.seq2seq.vocab import PAD, UNK
 
         ds = PairDataset(pairs, self.src_vocab, self.tgt_vocab)
         order = sorted(range(len(ds)), key=lambda i: ds.lengths()[i])
@@ -140,7 +140,7 @@ class Translator:
                 logits = self.net(b["src"].to(self.device), b["src_len"], b["tgt_in"].to(self.device))
                 tgt = b["tgt_out"].to(self.device)
                 real = tgt != PAD
-                correct += int(((logits.argmax(-1) == tgt) & real).sum())
+                correct += int(((logits.argmax(-1) == tgt) & real & (tgt != UNK)).sum())  # <unk> never counts as right
                 total += int(real.sum())
         return correct / max(total, 1)
 
