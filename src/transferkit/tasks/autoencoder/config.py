@@ -17,8 +17,11 @@ NOISE_KINDS = ("gaussian", "salt-pepper", "mask", "bars")
 
 # default corruption strength per noise kind (see noise.py for what ``level`` means)
 DEFAULT_NOISE_LEVEL = {"gaussian": 0.3, "salt-pepper": 0.2, "mask": 0.3, "bars": 0.25}
+# default training length: small data sets get more epochs, so that every run makes about this many steps
+TARGET_STEPS = 4000
+MIN_EPOCHS, MAX_EPOCHS = 20, 200
 # default penalty weight per sparsity kind
-DEFAULT_SPARSITY_WEIGHT = {"l1": 1e-3, "kl": 0.1}
+DEFAULT_SPARSITY_WEIGHT = {"l1": 1e-3, "kl": 1e-2}
 
 
 @dataclass
@@ -34,24 +37,33 @@ class AEConfig(TrainConfig):
     channels: tuple[int, ...] = doc("conv channels per stride-2 block", (32, 64))
     layers: tuple[int, ...] = doc(
         "stacked: layer sizes, shrinking, the last is the code (e.g. 500,250,30); default: --hidden then --latent", ())
-    layer_epochs: Optional[int] = doc("stacked: epochs per greedy layer (default: --epochs)", None)
-    unrolled_epochs: int = doc(
-        "stacked: epochs of end-to-end reconstruction training of the unrolled stack after greedy pretraining (0: none)", 10)
+    layer_epochs: Optional[int] = doc("stacked: epochs per greedy layer (default: as --epochs)", None)
+    unrolled_epochs: Optional[int] = doc(
+        "stacked: epochs of end-to-end reconstruction training of the unrolled stack after greedy pretraining "
+        "(0: none; default: half of --epochs)", None)
     noise: Literal["gaussian", "salt-pepper", "mask", "bars"] = doc("denoising: the corruption", "gaussian")
     noise_level: Optional[float] = doc(
         "denoising: strength (gaussian std; salt-pepper/mask: pixel fraction; bars: row/column fraction); "
         "default 0.3 / 0.2 / 0.3 / 0.25", None)
     sparsity: Literal["l1", "kl"] = doc("sparse: L1 activity penalty on the codes, or KL divergence to a target activation", "l1")
-    sparsity_weight: Optional[float] = doc("sparse: penalty weight (default 1e-3 for l1, 0.1 for kl)", None)
+    sparsity_weight: Optional[float] = doc("sparse: penalty weight (default 1e-3 for l1, 1e-2 for kl)", None)
     sparsity_target: float = doc("sparse with kl: target mean activation of each code unit", 0.05)
     colorize: bool = doc("learn grey -> colour: the input is the grey version of each colour image", False)
     size: tuple[int, ...] = doc("H,W that image folders are resized to (digits and MNIST keep theirs)", (32, 32))
     grayscale: bool = doc("read image folders as grey (default: colour)", False)
     val_fraction: float = doc("held-out part of DATA for validation and pictures (0: train on everything)", 0.2)
     max_images: Optional[int] = doc("use at most this many images (a seeded random subset)", None)
-    epochs: int = doc("maximum number of training epochs", 30)
-    batch_size: int = doc("samples per batch", 128)
+    epochs: Optional[int] = doc(
+        f"training epochs (default: enough for about {TARGET_STEPS} steps, {MIN_EPOCHS} to {MAX_EPOCHS} epochs)", None)
+    batch_size: int = doc("samples per batch", 64)
     lr: float = doc("learning rate (Adam, cosine decay)", 2e-3)
+
+    def epochs_for(self, n_train: int) -> int:
+        """--epochs, or by default enough epochs for about TARGET_STEPS optimiser steps on ``n_train`` images."""
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = max(1, n_train // self.batch_size)
+        return int(min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // steps_per_epoch))))
 
     @property
     def network(self) -> str:
@@ -79,6 +91,8 @@ class AEConfig(TrainConfig):
 
     def validate(self) -> None:
         """The mistakes that can be caught before reading any data."""
+        if self.epochs is not None and self.epochs < 1:
+            raise TransferkitError(f"--epochs must be at least 1 (got {self.epochs}).")
         if self.latent < 1:
             raise TransferkitError(f"--latent must be at least 1 (got {self.latent}).")
         if not 0 <= self.val_fraction < 1:

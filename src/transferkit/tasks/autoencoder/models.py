@@ -40,6 +40,11 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot feed {have}-channel images to a {channels}-channel network")
 
 
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-3, 1 - 1e-3)
+    return torch.log(p / (1 - p))
+
+
 def code_activation(name: str) -> nn.Module:
     """The code's non-linearity: ``linear`` (plain codes) or ``sigmoid`` (codes in (0, 1), for KL sparsity)."""
     if name == "linear":
@@ -134,6 +139,12 @@ class DenseAE(nn.Module):
     def embed(self, x: torch.Tensor, layer: str = "pre_logits") -> torch.Tensor:
         return self.encode(x)
 
+    @torch.no_grad()
+    def init_output(self, mean_image: torch.Tensor) -> None:
+        """Start the output at the training mean image (C, H, W): skips the long plateau where the
+        network first learns the mean through a saturated sigmoid."""
+        self.decoder.layers[0].bias.copy_(_logit(mean_image.flatten()))
+
 
 # --------------------------------------------------------------------------- convolutional
 
@@ -201,6 +212,12 @@ class ConvAE(nn.Module):
 
     def embed(self, x: torch.Tensor, layer: str = "pre_logits") -> torch.Tensor:
         return self.encode(x)
+
+    @torch.no_grad()
+    def init_output(self, mean_image: torch.Tensor) -> None:
+        """Start the output near the training mean: the last layer's bias = logit(mean of each channel)."""
+        last = self.upsample[-1]
+        last.bias.copy_(_logit(mean_image.mean(dim=(1, 2))))
 
 
 # --------------------------------------------------------------------------- classifier on a pretrained encoder

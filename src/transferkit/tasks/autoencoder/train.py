@@ -171,7 +171,7 @@ def greedy_pretrain(net, cfg: AEConfig, run_dir: Path, x_train, x_val, resume: b
     layers_dir = run_dir / "layers"
     records: list[dict[str, Any]] = []
     n_layers = len(net.encoder.layers)
-    epochs = cfg.layer_epochs if cfg.layer_epochs is not None else cfg.epochs
+    epochs = cfg.layer_epochs if cfg.layer_epochs is not None else cfg.epochs_for(len(x_train))
     for k in range(n_layers):
         stage_dir = layers_dir / f"layer{k + 1}"
         done = stage_dir / "weights.safetensors"
@@ -226,6 +226,9 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     from transferkit.tasks.autoencoder.module import AutoencoderModule
 
     cfg.validate()
+    arrays = read_data(data, cfg.size, cfg.grayscale)  # bad data fails before any folder is made
+    check_data(cfg, arrays)
+    source = source_id(data)
     run_dir = Path(out)
     if resume and cfg.kind == "stacked":
         if not (run_dir / "config.yaml").is_file():
@@ -233,9 +236,6 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     else:
         engine.prepare_run_dir(run_dir, resume)
     engine.seed_everything(cfg.seed)
-    arrays = read_data(data, cfg.size, cfg.grayscale)
-    check_data(cfg, arrays)
-    source = source_id(data)
     if split is None:
         rows = make_split(arrays, cfg.val_fraction, cfg.seed, cfg.max_images)
     else:
@@ -250,16 +250,18 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     x_val = x[split.held_out] if split.held_out else None
     mconf = model_config(cfg, arrays, source)
     net = build_network(mconf)
+    if not resume:
+        net.init_output(x_train.mean(dim=0))  # (C, H, W) mean image
     print(f"autoencoder {cfg.kind} ({mconf['architecture']}, code {mconf['latent']}): {len(x_train)} training images, "
           f"{0 if x_val is None else len(x_val)} held out, {tuple(x.shape[1:])}", file=sys.stderr, flush=True)
 
     greedy: list[dict[str, Any]] = []
     if cfg.kind == "stacked":
         greedy = greedy_pretrain(net, cfg, run_dir, x_train, x_val, resume, on_stage_end)
-        epochs = cfg.unrolled_epochs
+        epochs = cfg.unrolled_epochs if cfg.unrolled_epochs is not None else cfg.epochs_for(len(x_train)) // 2
         lr = cfg.lr / 2  # the unrolled stack is already good: a gentler end-to-end pass
     else:
-        epochs, lr = cfg.epochs, cfg.lr
+        epochs, lr = cfg.epochs_for(len(x_train)), cfg.lr
     if epochs > 0:
         objective = {"kind": cfg.kind, "colorize": cfg.colorize, "noise": cfg.noise, "level": cfg.level,
                      "sparsity": cfg.sparsity, "penalty": cfg.penalty, "target": cfg.sparsity_target}
@@ -267,7 +269,7 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
         _train_stage(module, cfg, run_dir, epochs, _loader(x_train, cfg.batch_size, True, cfg.seed),
                      None if x_val is None else _loader(x_val, 1024, False, 0), resume)
     net.eval()
-    mconf["training"] = {"kind": cfg.kind, "epochs": cfg.epochs, "n_train": len(x_train),
+    mconf["training"] = {"kind": cfg.kind, "epochs": epochs, "n_train": len(x_train),
                          "n_held_out": 0 if x_val is None else len(x_val), "seed": cfg.seed}
     save_model_dir(net, mconf, run_dir / "model")
 
@@ -469,14 +471,15 @@ def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> list[int]:
 
 
 def finetune(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, out: str | os.PathLike,
-             cfg: FinetuneConfig) -> Path:
+             cfg: FinetuneConfig, split: tuple[Sequence[int], Sequence[int]] | None = None) -> Path:
     """The five steps: (1-2) the pretrained, frozen encoder of ``run_dir``; (3) a new linear head;
     (4) train the head; (5) unfreeze everything and fine-tune with a lower learning rate.
 
     With ``cfg.init == "random"`` the same network starts from random weights
     and every parameter trains in both steps (the baseline without pretraining).
     Test accuracy is measured on the held-out rows (the autoencoder run's own
-    held-out rows when DATA is its training data).
+    held-out rows when DATA is its training data), or on ``split`` = (labelled
+    pool rows, test rows) when given.
     """
     import torch
 
@@ -491,16 +494,19 @@ def finetune(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, ou
     tm, ae_run = load_autoencoder(run_dir)
     if tm.config.get("colorize"):
         raise TransferkitError("A colourisation autoencoder's encoder sees grey images only; fine-tune a plain one.")
-    out = engine.prepare_run_dir(out, resume=False)
-    engine.seed_everything(cfg.seed)
     arrays = arrays_for(tm.config, data)
     if arrays.labels is None:
         raise TransferkitError(
             f"{source_id(data)} has no labels; finetune needs digits, MNIST with its labels file, or class folders.")
     if len(np.unique(arrays.labels)) < 2:
         raise TransferkitError(f"{source_id(data)} has a single class; a classifier needs at least two.")
-    rows = held_out_rows(ae_run, data, len(arrays))
-    if rows is not None:
+    out = engine.prepare_run_dir(out, resume=False)
+    engine.seed_everything(cfg.seed)
+    rows = held_out_rows(ae_run, data, len(arrays)) if split is None else None
+    if split is not None:
+        pool, test = [int(i) for i in split[0]], [int(i) for i in split[1]]
+        how = "the given split"
+    elif rows is not None:
         test = rows
         held = set(rows)
         pool = [i for i in range(len(arrays)) if i not in held]

@@ -46,23 +46,26 @@ def build(data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
         raise TransferkitError("Give the images to index: files, folders, globs, 'digits' or an MNIST folder.")
     if ann_threshold < 1:
         raise TransferkitError("--ann-threshold must be at least 1.")
-    tm, kind, identity = load_model(model)
+    arrays = paths = None
+    if len(inputs) == 1 and is_array_data(os.fspath(inputs[0])):
+        arrays = load_arrays(os.fspath(inputs[0]))
+    else:
+        paths = [p.resolve() for p in list_images(inputs)]
+        if not paths:
+            raise TransferkitError("No images found in " + ", ".join(map(os.fspath, inputs)) + ".")
+    tm, kind, identity = load_model(model)  # after the data checks: loading a backbone takes seconds
     if kind not in ("backbone", "autoencoder"):
         print(f"note: {model} is a {kind} model; indexing its penultimate features", file=sys.stderr)
     labels = thumbs = None
     classes: list[str] = []
-    if len(inputs) == 1 and is_array_data(os.fspath(inputs[0])):
+    if arrays is not None:
         text = os.fspath(inputs[0])
-        arrays = load_arrays(text)
         prefix = "digits" if text == "digits" else "mnist"
         names = [f"{prefix}:{i}" for i in range(len(arrays))]
         emb = embed_arrays(arrays.images, names, tm, batch_size=max(batch_size, 64), engine=engine)
         thumbs, labels, classes = arrays.images, arrays.labels, list(arrays.classes)
         source, data_kind = (text if text == "digits" else str(Path(text).resolve())), "arrays"
     else:
-        paths = [p.resolve() for p in list_images(inputs)]
-        if not paths:
-            raise TransferkitError("No images found in " + ", ".join(map(os.fspath, inputs)) + ".")
         emb = embed_files(paths, tm, batch_size=batch_size, engine=engine, strict=strict)
         names = emb.names
         source, data_kind = ", ".join(os.fspath(i) for i in inputs), "files"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,34 +66,83 @@ def embedding_scores(index: Any, vectors: np.ndarray, k: int, exclude_self: bool
 # --------------------------------------------------------------------------- reading data
 
 
-def _read(data: str | os.PathLike | ArrayData, cfg: NoveltyConfig | None = None, model_config: dict | None = None) -> ArrayData:
-    from transferkit.tasks.autoencoder.data import read_data
+@dataclass
+class Items:
+    """DATA as rows: uint8 images in memory (digits, MNIST, or a folder read at a fixed size), or image files.
 
+    The embedding method reads image folders as files, so a pretrained backbone
+    sees the photos at its own resolution, not a small resized copy.
+    """
+
+    labels: np.ndarray | None
+    classes: list[str]
+    source: str
+    images: np.ndarray | None = None
+    paths: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.paths or [])
+
+    def names(self, rows: Sequence[int]) -> list[str]:
+        if self.paths is not None:
+            return [self.paths[i] for i in rows]
+        prefix = "digits" if self.source == "digits" else "row"
+        return [f"{prefix}:{i}" for i in rows]
+
+
+def read_items(data: str | os.PathLike | ArrayData, as_files: bool, size: Sequence[int] = (32, 32),
+               grayscale: bool = False, model_config: dict | None = None) -> Items:
+    """Read DATA; image folders as files when ``as_files`` (class subfolders become labels)."""
+    from transferkit.core.datasets import scan_class_folders
+    from transferkit.core.images import list_images
+    from transferkit.tasks.autoencoder.data import read_data, source_id
+    from transferkit.tasks.index.embed import is_array_data
+
+    source = source_id(data)
+    if as_files and not isinstance(data, ArrayData) and not is_array_data(os.fspath(data)):
+        folder = Path(os.fspath(data))
+        if not folder.is_dir():
+            raise TransferkitError(f"No such folder: {folder} (use 'digits' for the embedded data set).")
+        subdirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if subdirs:
+            lf = scan_class_folders(folder)
+            paths, labels, classes = [str(p.resolve()) for p in lf.paths], np.asarray(lf.labels), list(lf.classes)
+        else:
+            paths, labels, classes = [str(p.resolve()) for p in list_images([folder])], None, []
+        if not paths:
+            raise TransferkitError(f"No images found in {folder}.")
+        return Items(labels, classes, source, paths=paths)
     if model_config is not None:
         from transferkit.tasks.autoencoder.train import arrays_for
 
-        return arrays_for(model_config, data)
-    assert cfg is not None
-    return read_data(data, cfg.size, cfg.grayscale)
+        arrays = arrays_for(model_config, data)
+    else:
+        arrays = read_data(data, size, grayscale)
+    return Items(arrays.labels, list(arrays.classes), source, images=arrays.images)
 
 
-def _class_rows(arrays: ArrayData, classes: Sequence[str], where: str) -> np.ndarray:
+def _class_rows(items: Items, classes: Sequence[str], where: str) -> np.ndarray:
     """Boolean mask of rows whose class name is in ``classes`` (unknown names are an error)."""
-    if arrays.labels is None:
-        raise TransferkitError(f"{where} has no labels, so --normal-classes cannot pick from it.")
-    known = list(arrays.classes)
+    if items.labels is None:
+        raise TransferkitError(f"{where} has no labels (no class subfolders), so normal classes cannot be picked from it.")
+    known = list(items.classes)
     missing = [c for c in classes if c not in known]
     if missing:
         raise TransferkitError(f"{where} has no class {', '.join(missing)} (classes: {', '.join(known)}).")
-    ids = [known.index(c) for c in classes]
-    return np.isin(arrays.labels, ids)
+    return np.isin(items.labels, [known.index(c) for c in classes])
 
 
-def _array_names(data: str | os.PathLike | ArrayData, n: int) -> list[str]:
-    from transferkit.tasks.autoencoder.data import source_id
+def embed_rows(items: Items, rows: np.ndarray, tm: Any, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of ``rows`` of DATA and the rows that worked (unreadable files are left out)."""
+    from transferkit.tasks.index.embed import embed_arrays, embed_files, l2_normalise
 
-    prefix = "digits" if source_id(data) == "digits" else "row"
-    return [f"{prefix}:{i}" for i in range(n)]
+    rows = np.asarray(rows, dtype=int)
+    if items.images is not None:
+        emb = embed_arrays(items.images[rows], items.names(rows), tm)
+        return l2_normalise(emb.features), rows
+    emb = embed_files(items.names(rows), tm, strict=strict)
+    where = {p: r for p, r in zip(items.names(rows), rows)}
+    return l2_normalise(emb.features), np.asarray([where[n] for n in emb.names], dtype=int)
 
 
 # --------------------------------------------------------------------------- fit
@@ -103,76 +153,73 @@ def fit(cfg: NoveltyConfig, data: str | os.PathLike | ArrayData, out: str | os.P
     from transferkit.core import config as cfgmod
     from transferkit.core import engine
     from transferkit.core.modeldir import atomic_write_text
-    from transferkit.tasks.autoencoder.data import source_id
-
-    cfg.validate()
-    run_dir = engine.prepare_run_dir(out, resume=False)
-    arrays = _read(data, cfg)
-    source = source_id(data)
-    if cfg.normal_classes:
-        normal = np.flatnonzero(_class_rows(arrays, cfg.normal_classes, source))
-    else:
-        normal = np.arange(len(arrays))
-    if len(normal) < 4:
-        raise TransferkitError(f"{source} has {len(normal)} normal image(s); at least 4 are needed to learn and calibrate.")
-    cfgmod.save(cfg, run_dir / "config.yaml")
-    normal_data = ArrayData(arrays.images[normal], None if arrays.labels is None else arrays.labels[normal],
-                            arrays.classes, f"{source}#normal")
     from transferkit.tasks.autoencoder.data import make_split
 
-    split = make_split(normal_data, cfg.val_fraction, cfg.seed, cfg.max_images)
+    cfg.validate()
+    items = read_items(data, cfg.method == "embedding", cfg.size, cfg.grayscale)
+    source = items.source
+    if cfg.normal_classes:
+        normal = np.flatnonzero(_class_rows(items, cfg.normal_classes, source))
+    else:
+        normal = np.arange(len(items))
+    if len(normal) < 4:
+        raise TransferkitError(f"{source} has {len(normal)} normal image(s); at least 4 are needed to learn and calibrate.")
+    run_dir = engine.prepare_run_dir(out, resume=False)
+    cfgmod.save(cfg, run_dir / "config.yaml")
+    # split the normal rows (stratified by class when there are labels); `images` only sizes the split
+    normal_part = ArrayData(np.zeros((len(normal), 1, 1), np.uint8),
+                            None if items.labels is None else items.labels[normal], items.classes, source)
+    split = make_split(normal_part, cfg.val_fraction, cfg.seed, cfg.max_images)
     train_rows, calib_rows = normal[split.train], normal[split.held_out]
     print(f"novelty ({cfg.method}): {len(train_rows)} normal training images, {len(calib_rows)} held out to calibrate",
           file=sys.stderr, flush=True)
 
     state: dict[str, Any] = {"method": cfg.method, "percentile": cfg.percentile, "source": source,
-                             "normal_classes": list(cfg.normal_classes), "classes": list(arrays.classes),
-                             "n_train": int(len(train_rows)), "n_calibration": int(len(calib_rows))}
+                             "normal_classes": list(cfg.normal_classes), "classes": list(items.classes),
+                             "data_kind": "arrays" if items.images is not None else "files"}
     if cfg.method == "reconstruction":
         from dataclasses import fields
 
+        from transferkit.core.modeldir import load
         from transferkit.tasks.autoencoder.config import AEConfig
         from transferkit.tasks.autoencoder.train import fit as ae_fit
 
         ae_cfg = AEConfig(**{f.name: getattr(cfg, f.name) for f in fields(AEConfig)})
         ae_cfg.max_images = None  # the subset was taken above
         # the autoencoder trains on the training rows and validates on the calibration rows
-        subset = ArrayData(arrays.images[np.concatenate([train_rows, calib_rows])], None, arrays.classes,
+        subset = ArrayData(items.images[np.concatenate([train_rows, calib_rows])], None, items.classes,
                            f"{source}#normal")
         n_tr = len(train_rows)
         ae_dir = ae_fit(ae_cfg, subset, run_dir / "autoencoder",
                         split=(list(range(n_tr)), list(range(n_tr, len(subset)))))
-        from transferkit.core.modeldir import load
-
         module = load(ae_dir / "model").module
-        calib_scores = reconstruction_scores(module, arrays.images[calib_rows])
-        train_scores = reconstruction_scores(module, arrays.images[train_rows])
+        calib_scores = reconstruction_scores(module, items.images[calib_rows])
+        train_scores = reconstruction_scores(module, items.images[train_rows])
         state["autoencoder"] = "autoencoder"
     else:
-        from transferkit.tasks.index.embed import embed_arrays, l2_normalise, load_model
+        from transferkit.tasks.index.embed import load_model
         from transferkit.tasks.index.store import Index, choose_backend
 
         tm, kind, identity = load_model(cfg.model)
-        names = _array_names(data, len(arrays))
-        rows = np.concatenate([train_rows, calib_rows])
-        emb = embed_arrays(arrays.images[rows], [names[i] for i in rows], tm)
-        vecs = l2_normalise(emb.features)
-        tr_v, ca_v = vecs[: len(train_rows)], vecs[len(train_rows):]
-        index = Index(tr_v, [names[i] for i in train_rows],
+        tr_v, train_rows = embed_rows(items, train_rows, tm)
+        ca_v, calib_rows = embed_rows(items, calib_rows, tm)
+        if len(train_rows) < 2 or len(calib_rows) < 1:
+            raise TransferkitError(f"Too few readable normal images in {source} to learn and calibrate.")
+        index = Index(tr_v, items.names(train_rows),
                       {"model": identity, "model_kind": kind, "backend": choose_backend(len(tr_v)), "source": source,
-                       "data_kind": "arrays", "classes": list(arrays.classes), "engine": "auto"})
+                       "data_kind": state["data_kind"], "classes": list(items.classes), "engine": "auto"})
         index.save(run_dir / "index")
-        k = min(cfg.neighbours, len(train_rows))
+        k = min(cfg.neighbours, len(train_rows) - 1)
         calib_scores = embedding_scores(index, ca_v, k)
-        train_scores = embedding_scores(index, tr_v, min(k, len(train_rows) - 1) or 1, exclude_self=len(train_rows) > 1)
+        train_scores = embedding_scores(index, tr_v, k, exclude_self=True)
         state.update(index="index", neighbours=k, model=identity)
     threshold = float(np.percentile(calib_scores, cfg.percentile))
-    state.update(threshold=threshold, data={"size": list(arrays.images.shape[1:3]), "channels": arrays.channels},
+    state.update(n_train=int(len(train_rows)), n_calibration=int(len(calib_rows)), threshold=threshold,
                  calibration={"mean": float(calib_scores.mean()), "median": float(np.median(calib_scores)),
                               "max": float(calib_scores.max()), "flagged": float((calib_scores > threshold).mean())})
     atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=2))
     atomic_write_text(run_dir / SPLIT_FILE, json.dumps(
-        {"source": source, "n": len(arrays), "train": train_rows.tolist(), "calibration": calib_rows.tolist()}))
+        {"source": source, "n": len(items), "train": train_rows.tolist(), "calibration": calib_rows.tolist()}))
     _fit_report(run_dir, cfg, state, train_scores, calib_scores)
     return run_dir
 
@@ -246,16 +293,14 @@ class Detector:
             self._index = Index.load(self.run_dir / self.state["index"])
             self._tm = model_of(self._index)
 
-    def score_arrays(self, images: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
-        """Scores of uint8 images shaped like the training data."""
+    def score_rows(self, items: Items, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of ``rows`` of DATA read by :meth:`read`, and the rows scored (unreadable files left out)."""
         self._load()
+        rows = np.asarray(rows, dtype=int)
         if self.method == "reconstruction":
-            return reconstruction_scores(self._module, images)
-        from transferkit.tasks.index.embed import embed_arrays, l2_normalise
-
-        names = list(names) if names is not None else [str(i) for i in range(len(images))]
-        vecs = l2_normalise(embed_arrays(images, names, self._tm).features)
-        return embedding_scores(self._index, vecs, int(self.state["neighbours"]))
+            return reconstruction_scores(self._module, items.images[rows]), rows
+        vecs, kept = embed_rows(items, rows, self._tm)
+        return embedding_scores(self._index, vecs, int(self.state["neighbours"])), kept
 
     def score_files(self, paths: Sequence[str | os.PathLike], strict: bool = False) -> tuple[np.ndarray, list[str]]:
         """Scores of image files (read as the training images were); returns (scores, names kept)."""
@@ -271,15 +316,12 @@ class Detector:
         emb = embed_files(paths, self._tm, strict=strict)
         return embedding_scores(self._index, l2_normalise(emb.features), int(self.state["neighbours"])), emb.names
 
-    def read(self, data: str | os.PathLike | ArrayData) -> ArrayData:
+    def read(self, data: str | os.PathLike | ArrayData) -> Items:
         """DATA read the way the training data was read."""
-        from transferkit.tasks.autoencoder.data import read_data
-
         self._load()
-        if self._model_config is not None:
-            return _read(data, model_config=self._model_config)
-        d = self.state["data"]
-        return read_data(data, d["size"], grayscale=int(d["channels"]) == 1)
+        if self.method == "reconstruction":
+            return read_items(data, False, model_config=self._model_config)
+        return read_items(data, True)
 
 
 def score(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], strict: bool = False) -> list[dict[str, Any]]:
@@ -304,36 +346,34 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData,
     """
     from sklearn.metrics import roc_auc_score
 
-    from transferkit.tasks.autoencoder.data import source_id
-
     det = Detector(run_dir)
-    arrays = det.read(data)
-    where = source_id(data)
-    if arrays.labels is None:
+    items = det.read(data)
+    where = items.source
+    if items.labels is None:
         raise TransferkitError(f"{where} has no labels; eval needs labelled normal and novel images "
                                "(class folders, e.g. normal/ and novel/, digits or MNIST).")
     classes = list(normal_classes or det.state.get("normal_classes") or [])
     if not classes:
-        if "normal" in arrays.classes:
+        if "normal" in items.classes:
             classes = ["normal"]
         else:
             raise TransferkitError(f"Say which classes of {where} are normal with --normal-classes "
-                                   f"(classes: {', '.join(arrays.classes)}).")
-    is_normal = _class_rows(arrays, classes, where)
-    rows = np.arange(len(arrays))
+                                   f"(classes: {', '.join(items.classes)}).")
+    is_normal = _class_rows(items, classes, where)
+    rows = np.arange(len(items))
     left_out = 0
     split_file = det.run_dir / SPLIT_FILE
     if split_file.is_file():
         info = json.loads(split_file.read_text(encoding="utf-8"))
-        if info.get("source") == where and int(info.get("n", -1)) == len(arrays):
+        if info.get("source") == where and int(info.get("n", -1)) == len(items):
             train = np.asarray(info["train"], dtype=int)
-            keep = np.ones(len(arrays), dtype=bool)
+            keep = np.ones(len(items), dtype=bool)
             keep[train] = False
             rows, left_out = np.flatnonzero(keep), len(train)
-    y_novel = ~is_normal[rows]
-    if y_novel.all() or (~y_novel).all():
+    if is_normal[rows].all() or (~is_normal[rows]).all():
         raise TransferkitError(f"{where} needs both normal ({', '.join(classes)}) and novel images to measure ROC-AUC.")
-    scores = det.score_arrays(arrays.images[rows], [f"row:{i}" for i in rows])
+    scores, rows = det.score_rows(items, rows)
+    y_novel = ~is_normal[rows]
     flagged = scores > det.threshold
     res = {
         "roc_auc": float(roc_auc_score(y_novel, scores)),
