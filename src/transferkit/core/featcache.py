@@ -184,6 +184,7 @@ class CachedFeatures:
     misses: int
     skipped: list[ImageReadError] = field(default_factory=list)
     seconds: float = 0.0
+    runner: Any = None
 
 
 def extractor_key(model: Any, layer: str, extra: dict[str, Any] | None = None) -> str:
@@ -205,6 +206,7 @@ def extract_cached(
     extra_key: dict[str, Any] | None = None,
     desc: str = "features",
     skips: Any = None,
+    runner: Any = None,
 ) -> CachedFeatures:
     """Features of ``paths`` from ``model`` (a TransferModel), computing only what the cache lacks.
 
@@ -217,6 +219,8 @@ def extract_cached(
             ``{"flip": True}``) so its rows are cached apart.
         cache: False computes everything and stores nothing.
         skips: a :class:`~transferkit.core.images.SkipLog` for unreadable files.
+        runner: a :class:`~transferkit.core.inference.Runner` to reuse (one
+            built here is returned in ``CachedFeatures.runner`` for the next call).
     """
     import time
 
@@ -244,7 +248,8 @@ def extract_cached(
     todo = [i for i, d in enumerate(digests) if d is not None and d not in found]
     computed: dict[int, np.ndarray] = {}
     if todo:
-        runner = Runner(OutputHead.make(model.module, layer), pre.input_size, device=device, engine=engine)
+        if runner is None:
+            runner = Runner(OutputHead.make(model.module, layer), pre.input_size, device=device, engine=engine)
         tf = transform or pre.transform()
         with Progress(len(todo), desc, unit="img") as bar:
             for idx, batch in iter_batches([paths[i] for i in todo], tf, batch_size, workers, skips, draft_for(pre)):
@@ -268,4 +273,4 @@ def extract_cached(
         raise TransferkitError("None of the images could be read.")
     hits = sum(1 for i in ok if digests[i] in found)
     return CachedFeatures(np.stack(rows).astype(np.float32), ok, hits, len(ok) - hits, list(skips.skipped),
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, runner)
