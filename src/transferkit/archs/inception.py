@@ -169,9 +169,10 @@ class InceptionNet(nn.Module):
         self.naive = naive
         channels = stem_out
         blocks = nn.Sequential()
+        name = "0"
         for row in spec:
-            if row == "pool":
-                blocks.add_module(f"pool{len(blocks)}", nn.MaxPool2d(3, stride=2, padding=1))
+            if row == "pool":  # named after the stage it closes: pool3 after inception 3b
+                blocks.add_module(f"pool{name[0]}", nn.MaxPool2d(3, stride=2, padding=1))
                 continue
             name, *sizes = row
             m = inception_module(channels, [s(c) for c in sizes], naive)
