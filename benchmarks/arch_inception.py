@@ -6,7 +6,7 @@ proj 32).  The naive module's pooling branch passes all 192 input channels
 on (416 outputs instead of 256), so the next module gets more expensive as
 well: the second part stacks inception(3b) on top and compares the pair.
 
-    python benchmarks/arch_inception.py [--batch 32] [--repeats 5]
+    python benchmarks/arch_inception.py [--batch 32] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32, help="batch for the timing (default 32)")
     ap.add_argument("--repeats", type=int, default=5, help="timed forward passes (median reported)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     a3, b3 = GOOGLENET[0], GOOGLENET[1]
     cases = {
