@@ -591,8 +591,10 @@ def write_report(out: Path, cfg: CompareConfig, summary: dict[str, Any]) -> Path
     rep.figure(curves_figure(results), "curves.png", "Training and validation curves of every network")
     rep.heading("Gradient flow")
     rep.text(f"Gradient norm of every weight layer (convolutions, linear layers; shortcut projections left out), "
-             f"averaged over the first {cfg.grad_batches} training batches. A deep network whose norms fall "
-             "steeply towards the input (left) passes little gradient to its first layers.")
+             f"averaged over the first {cfg.grad_batches} training batches. Norms that fall steeply towards the "
+             "input (left) are vanishing gradients: the first layers hardly learn. Norms that rise steeply towards "
+             "the input are exploding gradients (what batch norm does to deep plain networks). Either way the "
+             "layers learn at very different speeds; residual networks keep the norms within a narrow band.")
     rep.figure(gradflow_figure(results), "gradflow.png", "Mean gradient norm per depth at the start of training")
     rep.table(["network", "weight layers", "first layer", "mean", "last layer", "first/last", "min", "max"],
               gradient_rows(results), "gradient norms at the start of training")
