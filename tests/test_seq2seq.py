@@ -307,3 +307,14 @@ def test_cli_on_the_english_french_pairs(shared_data, tmp_path, cli):
     proc = cli("seq2seq", "translate", run, "--file", inp, "--out", tmp_path / "out.txt", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_config_validation_in_process():
+    from transferkit.tasks.seq2seq.train import Seq2seqConfig
+
+    for bad in ({"threads": 0}, {"time_limit": 0.0}, {"dropout": 1.0}, {"val_fraction": 1.0}, {"beam": 0}):
+        with pytest.raises(TransferkitError):
+            Seq2seqConfig(**bad).validate()
+    cfg = Seq2seqConfig()
+    assert cfg.network()["embed"] == cfg.hidden and Seq2seqConfig(level="char").network()["embed"] == 128
+    assert cfg.min_count() == 2 and Seq2seqConfig(level="char").min_count() == 1

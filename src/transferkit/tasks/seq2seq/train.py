@@ -45,6 +45,7 @@ class Seq2seqConfig(TrainConfig):
     clip: float = doc("gradient norm clipping (0: off)", 1.0)
     beam: int = doc("beam size saved as the model's default for translate/eval (1: greedy)", 5)
     length_penalty: float = doc("GNMT length-penalty exponent used to rank finished beam hypotheses", 0.6)
+    threads: Optional[int] = doc("CPU threads for PyTorch (None: PyTorch's default; 1 is far faster on a busy machine)", None)
     time_limit: Optional[float] = doc("wall-clock budget in minutes for the whole fit, final evaluation included (None: no limit)", 28.0)
     epochs: int = doc("maximum number of training epochs", 100)
     batch_size: int = doc("pairs per batch", 64)
@@ -63,6 +64,8 @@ class Seq2seqConfig(TrainConfig):
             raise TransferkitError("--dropout must be in [0, 1).")
         if not 0.0 < self.val_fraction < 1.0:
             raise TransferkitError("--val-fraction must be between 0 and 1.")
+        if self.threads is not None and self.threads < 1:
+            raise TransferkitError("--threads must be at least 1.")
         if self.time_limit is not None and self.time_limit <= 0:
             raise TransferkitError("--time-limit must be a positive number of minutes.")
 
@@ -190,6 +193,8 @@ def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool 
         raise TransferkitError(f"{data} has fewer than two usable pairs; nothing to learn from.")
     run_dir = engine.prepare_run_dir(run_dir, resume)
     engine.seed_everything(cfg.seed)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     train_idx, val_idx = split_pairs(pairs.pairs, cfg.val_fraction, cfg.seed)
     train = [pairs.pairs[i] for i in train_idx]
     val = [pairs.pairs[i] for i in val_idx]
