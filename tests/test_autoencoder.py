@@ -192,7 +192,7 @@ def test_colorize_learns_grey_to_colour(tmp_path):
 def test_finetune_stacked_encoder_then_predict(tmp_path, cli):
     run = fit(AEConfig(kind="stacked", layers=(32, 16), layer_epochs=15, unrolled_epochs=5, batch_size=32,
                        max_images=800), "digits", tmp_path / "stack")
-    cfg = FinetuneConfig(head_epochs=20, epochs=10, num_labelled=300, batch_size=32)
+    cfg = FinetuneConfig(head_epochs=8, epochs=4, num_labelled=300, batch_size=32)
     out = finetune(run, "digits", tmp_path / "cls", cfg)
     res = json.loads((out / "metrics.json").read_text())
     assert res["n_train"] == 300 and res["n_test"] == 160  # the autoencoder run's held-out rows
@@ -250,3 +250,14 @@ def test_bad_input_on_the_command_line(tmp_path, cli):
     assert proc.returncode == 2 and "must shrink" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(TransferkitError, match="No such file or folder"):
         fit(AEConfig(), tmp_path / "missing", tmp_path / "r2")
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    from transferkit.core.engine import metrics_by_epoch
+
+    small = dict(hidden=(32,), latent=4, batch_size=64, max_images=300)
+    fit(AEConfig(epochs=2, **small), "digits", tmp_path / "r")
+    fit(AEConfig(epochs=4, **small), "digits", tmp_path / "r", resume=True)
+    assert [e for e, _ in metrics_by_epoch(tmp_path / "r")["train_loss"]] == [0, 1, 2, 3]
+    with pytest.raises(TransferkitError, match="Nothing to resume"):
+        fit(AEConfig(epochs=2, **small), "digits", tmp_path / "other", resume=True)

@@ -128,8 +128,9 @@ class AEConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """How `autoencoder finetune` trains a classifier on a pretrained encoder (the five steps)."""
 
-    head_epochs: int = doc("step 4: epochs training the new head on the frozen encoder", 30)
-    epochs: int = doc("step 5: epochs fine-tuning everything after unfreezing", 30)
+    head_epochs: int = doc("step 4: epochs training the new head on the frozen encoder "
+                           "(an epoch is at least 1,024 draws: small sets are sampled with replacement)", 20)
+    epochs: int = doc("step 5: epochs fine-tuning everything after unfreezing", 20)
     lr: float = doc("learning rate of the head (step 4)", 3e-3)
     finetune_lr: float = doc("learning rate when everything is unfrozen (step 5), lower to keep the pretraining", 3e-4)
     batch_size: int = doc("samples per batch", 64)

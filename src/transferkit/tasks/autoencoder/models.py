@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # ITU-R 601-2 luma, the weights Pillow's convert("L") uses: the grey images of training match these.
@@ -58,7 +59,10 @@ def code_activation(name: str) -> nn.Module:
 
 
 class DenseEncoder(nn.Module):
-    """sizes = (D, h1, ..., latent): Linear+ReLU per hidden layer, Linear+code activation last.
+    """sizes = (D, h1, ..., latent): Linear+ELU per hidden layer, Linear+code activation last.
+
+    ELU rather than ReLU: with ReLU many units die and the test error on MNIST
+    is about 1.5x higher (0.0096 vs 0.0066 per pixel, see BENCHMARKS.md).
 
     ``forward(x, upto=k)`` runs only the first ``k`` layers (the codes that
     layer ``k`` of greedy pretraining learns from).
@@ -72,7 +76,7 @@ class DenseEncoder(nn.Module):
     def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer ``i`` with its activation: (N, sizes[i]) -> (N, sizes[i+1])."""
         h = self.layers[i](h)
-        return self.code_act(h) if i == len(self.layers) - 1 else torch.relu(h)
+        return self.code_act(h) if i == len(self.layers) - 1 else F.elu(h)
 
     def forward(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         h = x.flatten(1)  # (N, C*H*W)
@@ -84,7 +88,7 @@ class DenseEncoder(nn.Module):
 class DenseDecoder(nn.Module):
     """Mirror of :class:`DenseEncoder`: layers[i] maps sizes[i+1] -> sizes[i]; applied last to first.
 
-    Layer 0 ends in a sigmoid (pixels in [0, 1]); the others in ReLU, like the
+    Layer 0 ends in a sigmoid (pixels in [0, 1]); the others in ELU, like the
     codes they reconstruct.
     """
 
@@ -96,7 +100,7 @@ class DenseDecoder(nn.Module):
     def layer(self, i: int, z: torch.Tensor) -> torch.Tensor:
         """Layer ``i`` with its activation: (N, sizes[i+1]) -> (N, sizes[i])."""
         h = self.layers[i](z)
-        return torch.sigmoid(h) if i == 0 else torch.relu(h)
+        return torch.sigmoid(h) if i == 0 else F.elu(h)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = z

@@ -35,6 +35,7 @@ from transferkit.tasks.autoencoder.data import (
 )
 
 METRICS_FILE = "metrics.json"
+MIN_EPOCH_SAMPLES = 1024  # finetune: small labelled sets are drawn with replacement up to this many per epoch
 
 
 # --------------------------------------------------------------------------- model configs
@@ -120,12 +121,18 @@ def check_data(cfg: AEConfig, arrays: ArrayData) -> None:
 # --------------------------------------------------------------------------- training stages
 
 
-def _loader(x, batch_size: int, shuffle: bool, seed: int, y=None):
+def _loader(x, batch_size: int, shuffle: bool, seed: int, y=None, min_samples: int = 0):
+    """In-memory batches; with ``min_samples`` a small set is drawn with replacement up to that many per epoch."""
     import torch
 
     from transferkit.core.engine import make_loader
 
     ds = torch.utils.data.TensorDataset(x) if y is None else torch.utils.data.TensorDataset(x, y)
+    if shuffle and len(ds) < min_samples:
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=min_samples,
+                                                 generator=torch.Generator().manual_seed(seed))
+        return make_loader(ds, batch_size, shuffle=False, workers=0, in_memory=True, seed=seed, sampler=sampler,
+                           drop_last=True)
     return make_loader(ds, batch_size, shuffle=shuffle, workers=0, in_memory=True, seed=seed,
                        drop_last=shuffle and len(ds) > batch_size)
 
@@ -531,7 +538,8 @@ def finetune(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, ou
         ae = build_network(tm.config)
     latent = int(tm.config["latent"])
     net = EncoderClassifier(ae, latent, n_classes, cfg.dropout)
-    train_loader = _loader(x_tr, min(cfg.batch_size, len(x_tr)), True, cfg.seed, y_tr)
+    # an epoch is at least MIN_EPOCH_SAMPLES draws, so 100 labelled images still get enough steps per epoch
+    train_loader = _loader(x_tr, min(cfg.batch_size, len(x_tr)), True, cfg.seed, y_tr, min_samples=MIN_EPOCH_SAMPLES)
     test_loader = _loader(x_te, 1024, False, 0, y_te)
 
     def accuracy() -> tuple[float, np.ndarray]:
