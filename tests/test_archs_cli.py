@@ -27,6 +27,15 @@ def test_list_names_families_and_options(cli):
     assert "options: stem, width" in p.stdout
 
 
+@pytest.mark.parametrize("command", ["list", "summary", "compare"])
+def test_help_of_every_command(command, capsys):
+    from transferkit.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["arch", command, "--help"])
+    assert stop.value.code == 0 and "usage: transferkit arch " + command in capsys.readouterr().out
+
+
 def test_list_json(capsys):
     from transferkit.cli.main import main
 

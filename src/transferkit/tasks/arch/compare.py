@@ -54,7 +54,7 @@ class CompareConfig(TrainConfig):
     momentum: float = doc("SGD momentum", 0.9)
     weight_decay: float = doc("weight decay", 5e-4)
     schedule: Literal["cosine", "step", "constant"] = doc(
-        "learning rate after warm-up: cosine to 0, step (/10 at 50% and 75% of training), or constant", "cosine")
+        "learning rate after warm-up: cosine to 0, step (divided by 10 at half and at three quarters of training), or constant", "cosine")
     warmup_epochs: float = doc("linear learning-rate warm-up, in epochs", 0.0)
     grad_batches: int = doc("first training batches whose per-layer gradient norms feed the gradient-flow diagnostics", 10)
     epochs: int = doc("training epochs (the same for every network)", 10)
@@ -335,7 +335,8 @@ def _probe(spec: Any, net: Any, shape: tuple[int, int, int]) -> tuple[int, int]:
     return sum(p.numel() for p in net.parameters()), macs
 
 
-def _train_one(cfg: CompareConfig, spec: Any, data: CompareData, net_dir: Path, resume: bool) -> dict[str, Any]:
+def _train_one(cfg: CompareConfig, spec: Any, data: CompareData, net_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Train one network; returns its results (None on DDP processes other than rank 0)."""
     import torch
 
     from transferkit.core import engine
@@ -348,7 +349,8 @@ def _train_one(cfg: CompareConfig, spec: Any, data: CompareData, net_dir: Path, 
     engine.seed_everything(cfg.seed)
     net = create_network(spec.ref, num_classes=k, in_chans=c, options=spec.options)
     params, macs = _probe(spec, net, data.shape)
-    sample = ((data.train_x[: min(4, len(data.train_x))].float() / 255.0) - torch.tensor(data.mean).view(1, c, 1, 1)) / torch.tensor(data.std).view(1, c, 1, 1)
+    first = data.train_x[: min(4, len(data.train_x))].float() / 255.0
+    sample = (first - torch.tensor(data.mean).view(1, c, 1, 1)) / torch.tensor(data.std).view(1, c, 1, 1)
     tracked = tracked_weights(net, sample)
     engine.seed_everything(cfg.seed)  # the same stream for the batches of every network
 
@@ -368,6 +370,8 @@ def _train_one(cfg: CompareConfig, spec: Any, data: CompareData, net_dir: Path, 
     started = time.perf_counter()
     engine.fit(trainer, module, train_loader, val_loader, run_dir=net_dir, resume=can_resume)
     wall = time.perf_counter() - started
+    if trainer.global_rank != 0:
+        return None  # DDP: the other processes trained alongside; rank 0 writes the results
     metrics = engine.metrics_by_epoch(net_dir)
     best = engine.restore_best(trainer, module)
 
@@ -471,6 +475,8 @@ def compare(cfg: CompareConfig, out: str | os.PathLike, resume: bool = False) ->
         print(f"[{spec.label}] {i}/{len(specs)}: training from scratch"
               + (f" ({', '.join(f'{k}={v}' for k, v in spec.options.items())})" if spec.options else ""), file=sys.stderr)
         results.append(_train_one(cfg, spec, data, net_dir, resume))
+    if any(r is None for r in results):
+        return {}  # a DDP process other than rank 0
     summary = {
         "data": data.description,
         "input_shape": list(data.shape),
