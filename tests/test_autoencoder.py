@@ -235,6 +235,7 @@ def test_cli_fit_eval_json(tmp_path, cli):
     ({"layers": (30, 10)}, "--layers is for --kind stacked"),
     ({"kind": "conv", "colorize": True}, "needs colour images"),
     ({"hidden": (32, 64)}, "must not grow"),
+    ({"threads": 0}, "--threads must be at least 1"),
 ])
 def test_bad_settings_give_one_clear_error(tmp_path, settings, message):
     with pytest.raises(TransferkitError, match=message):

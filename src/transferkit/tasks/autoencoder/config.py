@@ -57,6 +57,7 @@ class AEConfig(TrainConfig):
         f"training epochs (default: enough for about {TARGET_STEPS} steps, {MIN_EPOCHS} to {MAX_EPOCHS} epochs)", None)
     batch_size: int = doc("samples per batch", 64)
     lr: float = doc("learning rate (Adam, cosine decay)", 2e-3)
+    threads: Optional[int] = doc("CPU threads for PyTorch (None: PyTorch's default; 1 is far faster on a busy machine)", None)
 
     def epochs_for(self, n_train: int) -> int:
         """--epochs, or by default enough epochs for about TARGET_STEPS optimiser steps on ``n_train`` images."""
@@ -91,6 +92,8 @@ class AEConfig(TrainConfig):
 
     def validate(self) -> None:
         """The mistakes that can be caught before reading any data."""
+        if self.threads is not None and self.threads < 1:
+            raise TransferkitError("--threads must be at least 1.")
         if self.epochs is not None and self.epochs < 1:
             raise TransferkitError(f"--epochs must be at least 1 (got {self.epochs}).")
         if self.latent < 1:
@@ -140,8 +143,11 @@ class FinetuneConfig(TrainConfig):
         "pretrained: the autoencoder's encoder; random: the same network from random initialisation (a baseline)",
         "pretrained")
     dropout: float = doc("dropout before the head", 0.2)
+    threads: Optional[int] = doc("CPU threads for PyTorch (None: PyTorch's default; 1 is far faster on a busy machine)", None)
 
     def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise TransferkitError("--threads must be at least 1.")
         if self.head_epochs < 0 or self.epochs < 0 or self.head_epochs + self.epochs == 0:
             raise TransferkitError("--head-epochs and --epochs must not be negative, and not both 0.")
         if not 0 < self.val_fraction < 1:
