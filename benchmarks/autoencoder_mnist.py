@@ -179,11 +179,14 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override the default epochs (quick checks only)")
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="also write all rows to this JSON file")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch CPU threads (default 1: on a shared 2-core machine two threads are often far slower)")
     args = ap.parse_args()
 
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
     import torch
 
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
     train, test = split_mnist(args.mnist)
     print(f"MNIST split: {len(train)} train / {len(test)} test (stratified, seed 0)", flush=True)
