@@ -321,18 +321,18 @@ def write_report(run_dir: Path, cfg: AEConfig, mconf: dict[str, Any], net, x, la
     from transferkit.core.engine import metrics_by_epoch
     from transferkit.core.report import Report, plot_curves
     from transferkit.tasks.autoencoder import pictures
-    from transferkit.tasks.autoencoder.evaluate import reconstruct
+    from transferkit.tasks.autoencoder.evaluate import psnr, reconstruct
 
     rep = Report(run_dir, f"Autoencoder ({cfg.kind}, {mconf['architecture']}, code {mconf['latent']})")
     where = f"{res['split']} images ({res['n']})"
     rows = [["autoencoder", res["mse"], res["psnr"]]]
     if res.get("pca_mse") is not None:
         rows.append([f"{'PCA regression' if cfg.colorize else 'PCA'}-{mconf['latent']}", res["pca_mse"], res["pca_psnr"]])
-    rows.append(["mean image", res["mean_image_mse"], float("nan")])
+    rows.append(["mean image", res["mean_image_mse"], psnr(res["mean_image_mse"])])
     if "denoised_mse" in res:
-        rows.append([f"denoised ({cfg.noise} {cfg.level:g})", res["denoised_mse"], float("nan")])
+        rows.append([f"denoised ({cfg.noise} {cfg.level:g})", res["denoised_mse"], psnr(res["denoised_mse"])])
     if "noisy_mse" in res:
-        rows.append([f"noisy input ({cfg.noise} {cfg.level:g})", res["noisy_mse"], float("nan")])
+        rows.append([f"noisy input ({cfg.noise} {cfg.level:g})", res["noisy_mse"], psnr(res["noisy_mse"])])
     rep.heading("Reconstruction")
     rep.table(["model", "MSE per pixel", "PSNR (dB)"], rows, caption=f"on {where}")
     if res.get("ratio") is not None:
