@@ -23,6 +23,9 @@ STRATEGIES = ("features", "freeze", "finetune", "gradual")
 class ClassifyConfig(TrainConfig, AugmentConfig):
     """Options of an image-classifier run (transfer learning from a pretrained backbone)."""
 
+    # training length and batch for the trained strategies (the features strategy's logistic/svm heads ignore them)
+    epochs: int = doc("training epochs (freeze/finetune/gradual, and the softmax head of features)", 6)
+    batch_size: int = doc("images per batch", 16)
     strategy: Literal["features", "freeze", "finetune", "gradual"] = doc(
         "features: frozen backbone, cached features + linear classifier (fastest, the default); "
         "freeze: freeze the bottom --freeze-to stages, train new dense layers; "
