@@ -246,9 +246,9 @@ def _module_class():
             logits = self(x)
             loss = F.cross_entropy(logits.float(), y)
             acc = (logits.argmax(1) == y).float().mean()
-            on_step = False
-            self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
-            self.log(f"{stage}_acc", acc, on_step=on_step, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+            # epoch means (training: over the epoch's batches, as the network changes)
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+            self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
             return loss
 
         def training_step(self, batch, batch_idx):
