@@ -8,6 +8,7 @@ network's shape, both vocabularies and the decoding defaults, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -96,13 +97,13 @@ class Translator:
         live = [i for i, t in enumerate(texts) if t.strip()]
         for i in set(range(len(texts))) - set(live):
             out[i] = {"source": texts[i], "translation": "", "score": 0.0}
-        with Progress(len(live) if progress else 0, "translate", unit="sent") as bar:
+        with Progress(len(live), "translate", unit="sent") if progress else contextlib.nullcontext() as bar:
             for idx, src, src_len in self._batches([texts[i] for i in live], batch_size):
                 dec = decode(self.net, src, src_len, beam, max_len, self.length_penalty)
                 for j, ids, score in zip(idx, dec.tokens.tolist(), dec.scores.tolist()):
                     i = live[j]
                     out[i] = {"source": texts[i], "translation": self.tgt_vocab.decode(ids), "score": float(score)}
-                if progress:
+                if bar is not None:
                     bar.update(len(idx))
         return out  # type: ignore[return-value]
 
