@@ -144,6 +144,24 @@ def test_preprocessing_comes_from_the_config():
     assert tuple(t(Image.new("RGB", (100, 80))).shape) == (3, 64, 64)
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_fast_eval_transform_matches_timms(interpolation):
+    # The uint8-tensor transform must give what timm's PIL transform gives (to a couple of grey levels).
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+    from timm.data import create_transform
+
+    pre = Preprocessing(input_size=(3, 224, 224), interpolation=interpolation, crop_pct=0.875)
+    ref = create_transform(input_size=pre.input_size, interpolation=interpolation, crop_pct=pre.crop_pct,
+                           mean=pre.mean, std=pre.std, is_training=False)
+    for img in (Image.fromarray(data.chelsea()), Image.fromarray(np.ascontiguousarray(data.coffee()[:, ::2]))):
+        ours, theirs = pre.transform()(img), ref(img)
+        assert ours.shape == theirs.shape == (3, 224, 224) and ours.dtype == theirs.dtype
+        assert float((ours - theirs).abs().max()) < 3 / 255 / min(pre.std)
+        assert float((ours - theirs).abs().mean()) < 0.01
+
+
 @pytest.mark.slow
 def test_bundled_efficientnet_lite0_resolves_offline():
     r = resolve("efficientnet_lite0")

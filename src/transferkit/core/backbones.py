@@ -91,7 +91,29 @@ class Preprocessing:
         return int(math.floor(self.input_size[1] / self.crop_pct))
 
     def transform(self) -> Callable:
-        """The eval transform (PIL image -> normalised float tensor), built by timm."""
+        """The eval transform (PIL image -> normalised float tensor (C, H, W)).
+
+        timm's usual recipe (resize the short side to ``resize_size``, centre
+        crop) runs on uint8 tensors: torchvision's antialiased kernels are about
+        4x faster than PIL's on a CPU (3.8 -> 1.0 ms for a 500x375 photo) and
+        within 2/255 of them.  Other crop modes and interpolations use timm's
+        own transform.
+        """
+        from torchvision.transforms import InterpolationMode
+
+        modes = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+        _, h, w = self.input_size
+        if self.crop_mode in (None, "center") and h == w and self.interpolation in modes:
+            import torch
+            from torchvision.transforms import v2
+
+            return v2.Compose([
+                v2.PILToTensor(),  # (C, H0, W0) uint8
+                v2.Resize(self.resize_size, interpolation=modes[self.interpolation], antialias=True),
+                v2.CenterCrop(h),
+                v2.ToDtype(torch.float32, scale=True),  # [0, 1]
+                v2.Normalize(list(self.mean), list(self.std)),
+            ])
         from timm.data import create_transform
 
         return create_transform(
