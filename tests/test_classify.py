@@ -268,3 +268,19 @@ def test_bad_choice_and_freeze_depth(tmp_path, capsys):
                  "--backbone", "test_efficientnet", "--weights", "none"])
     assert code == 2 and "more than the backbone's" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_task_packages_keep_their_functions_after_submodules_load():
+    # A submodule named like a package-level function replaces it once imported
+    # (``evaluate`` then fails on its second call): package names and module names must differ.
+    import importlib
+    import inspect
+    import pkgutil
+
+    for task in ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch"):
+        pkg = importlib.import_module(f"transferkit.tasks.{task}")
+        public = [n for n, v in vars(pkg).items() if inspect.isfunction(v) and not n.startswith("_")]
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name in public:
+            assert inspect.isfunction(getattr(pkg, name)), f"transferkit.tasks.{task}.{name} became a module"

@@ -83,7 +83,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from transferkit.tasks.classify.evaluate import evaluate
+    from transferkit.tasks.classify.evaluation import evaluate
 
     res = evaluate(args.run, args.data, batch_size=args.batch_size, device=args.device, engine=args.engine,
                    workers=args.workers, strict=args.strict)

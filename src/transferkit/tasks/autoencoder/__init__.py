@@ -7,7 +7,7 @@
 >>> finetune(run, "digits", "runs/cls", FinetuneConfig(num_labelled=100))
 
 Modules: ``models`` (networks), ``noise`` (corruptions), ``module``
-(LightningModules), ``data``, ``evaluate`` (metrics, PCA baseline),
+(LightningModules), ``data``, ``evaluation`` (metrics, PCA baseline),
 ``pictures``, ``train`` (the functions above).
 """
 

@@ -237,7 +237,7 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     from transferkit.core import config as cfgmod
     from transferkit.core import engine
     from transferkit.core.modeldir import save_model_dir
-    from transferkit.tasks.autoencoder.evaluate import PCA_FILE, LinearBaseline
+    from transferkit.tasks.autoencoder.evaluation import PCA_FILE, LinearBaseline
     from transferkit.tasks.autoencoder.module import AutoencoderModule
 
     cfg.validate()
@@ -298,7 +298,7 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     if arrays.labels is not None:
         rows = split.held_out if x_val is not None else split.train
         shown_labels = arrays.labels[rows]
-    from transferkit.tasks.autoencoder.evaluate import metrics
+    from transferkit.tasks.autoencoder.evaluation import metrics
 
     res = metrics(net, shown, mconf, baseline)
     res["split"] = "held-out" if x_val is not None else "training"
@@ -321,7 +321,7 @@ def write_report(run_dir: Path, cfg: AEConfig, mconf: dict[str, Any], net, x, la
     from transferkit.core.engine import metrics_by_epoch
     from transferkit.core.report import Report, plot_curves
     from transferkit.tasks.autoencoder import pictures
-    from transferkit.tasks.autoencoder.evaluate import psnr, reconstruct
+    from transferkit.tasks.autoencoder.evaluation import psnr, reconstruct
 
     rep = Report(run_dir, f"Autoencoder ({cfg.kind}, {mconf['architecture']}, code {mconf['latent']})")
     where = f"{res['split']} images ({res['n']})"
@@ -427,7 +427,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, sp
         split: ``auto`` = the rows the run held out when DATA is its training
             data, else all of DATA; ``all`` = every row.
     """
-    from transferkit.tasks.autoencoder.evaluate import PCA_FILE, LinearBaseline, metrics
+    from transferkit.tasks.autoencoder.evaluation import PCA_FILE, LinearBaseline, metrics
 
     tm, run = load_autoencoder(run_dir)
     arrays = arrays_for(tm.config, data)

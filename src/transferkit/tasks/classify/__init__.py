@@ -8,7 +8,7 @@
 Modules: ``config`` (ClassifyConfig), ``model`` (Classifier = backbone + head),
 ``data`` (decode once, augment in memory), ``module`` (LightningModule and
 schedules), ``features`` (the fixed-feature-extractor strategy), ``train``
-(``fit``), ``evaluate``, ``report``.
+(``fit``), ``evaluation`` (``evaluate``), ``report``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def fit(*args: Any, **kwargs: Any):
 
 
 def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.classify.evaluate.evaluate`."""
-    from transferkit.tasks.classify.evaluate import evaluate as _evaluate
+    """See :func:`transferkit.tasks.classify.evaluation.evaluate`."""
+    from transferkit.tasks.classify.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 

@@ -120,7 +120,7 @@ def fit(cfg: ClassifyConfig, data: str | os.PathLike, out: str | os.PathLike, re
 
     val_labels = np.asarray(result["val_labels"])
     probs = result["val_probs"]
-    from transferkit.tasks.classify.evaluate import metrics_from_probs
+    from transferkit.tasks.classify.evaluation import metrics_from_probs
 
     metrics = metrics_from_probs(probs, val_labels, classes)
     training = {
