@@ -42,7 +42,7 @@ CONFIGS = {
     "default": [],
     "pair": ["--loss", "pair"],
     "triplet": ["--loss", "triplet"],
-    "lite0": ["--encoder", "efficientnet_lite0", "--image-size", "64", "--batch-size", "64", "--lr", "1e-3"],
+    "lite0": ["--encoder", "efficientnet_lite0", "--freeze-to", "0", "--image-size", "64", "--batch-size", "64", "--lr", "1e-3"],
 }
 
 
