@@ -150,3 +150,13 @@ def test_hymenoptera_features_with_broken_files_added(cli, shared_data, tmp_path
     assert any(p.endswith(".gif") for p in paths)
     assert any(p.endswith(".jpeg") for p in paths)
     assert any(" " in p.rsplit("/", 1)[-1] for p in paths)
+
+
+def test_task_packages_are_reachable_from_the_top_level():
+    import transferkit
+
+    for task in ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch"):
+        assert getattr(transferkit, task).__name__ == f"transferkit.tasks.{task}"
+    assert callable(transferkit.classify.fit) and callable(transferkit.classify.evaluate)
+    with pytest.raises(AttributeError):
+        transferkit.no_such_task

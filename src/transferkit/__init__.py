@@ -6,6 +6,12 @@ The public API is imported lazily (``import transferkit`` stays fast)::
     transferkit.predict(paths, ...)     -> [{"path": ..., "top": [{"label", "prob"}, ...]}, ...]
     transferkit.features(paths, ...)    -> FeatureSet (.features, .paths, .save(npz))
     transferkit.export(model_dir, ...)  -> ONNX file, checked against PyTorch
+
+and each task's package, with its config, ``fit`` and ``evaluate``::
+
+    transferkit.classify     transferkit.autoencoder   transferkit.novelty   transferkit.index
+    transferkit.siamese      transferkit.seq2seq       transferkit.arch
+    # e.g. transferkit.classify.fit(transferkit.classify.ClassifyConfig(), "photos/", "run")
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ _API = {
     "TransferkitError": "transferkit.errors",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+_TASKS = ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch")
+
+__all__ = sorted(_API) + list(_TASKS) + ["__version__"]
 
 
 def __getattr__(name: str):
@@ -30,4 +38,8 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _TASKS:
+        import importlib
+
+        return importlib.import_module(f"transferkit.tasks.{name}")
     raise AttributeError(f"module 'transferkit' has no attribute {name!r}")
