@@ -348,3 +348,14 @@ def test_report_and_model_directory(trained):
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert model.module(x).shape == (2, 32)
+
+
+@pytest.mark.parametrize("loss", ["pair", "triplet"])
+def test_every_loss_trains_end_to_end_with_its_report(loss, faces, tmp_path):
+    # fit runs the whole path (training, validation episodes, threshold, report pictures) for each loss
+    run = fit(SiameseConfig(**{**TINY, "epochs": 1, "steps_per_epoch": 4, "loss": loss}), faces["train"], tmp_path / loss)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["loss"] == loss and summary["steps"] == 4
+    assert (run / "episodes.png").is_file() and (run / "model" / "model.safetensors").is_file()
+    res = evaluate(run, faces["heldout"], way=5, shot=1, episodes=10, seed=0)
+    assert 0.0 <= res["accuracy"] <= 1.0

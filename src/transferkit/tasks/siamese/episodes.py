@@ -76,7 +76,8 @@ def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode)
     way, shot = ep.support.shape
     sup = emb[torch.as_tensor(ep.support.reshape(-1))]
     qry = emb[torch.as_tensor(ep.query.reshape(-1))]
-    d = cdist(qry, sup).reshape(len(qry), way, shot).mean(dim=2)  # mean distance to each class's shots
+    with torch.inference_mode():  # the pair head's learned distance would otherwise track gradients
+        d = cdist(qry, sup).reshape(len(qry), way, shot).mean(dim=2)  # mean distance to each class's shots
     return d.argmin(dim=1).cpu().numpy(), d.cpu().numpy()
 
 
