@@ -169,6 +169,11 @@ def _callbacks_module():
             if trainer.sanity_checking or trainer.global_rank != 0:
                 return
             metrics = {k: v for k, v in trainer.callback_metrics.items() if not k.endswith("_step")}
+            # one learning rate per parameter group (metrics.csv keeps them all) -> lr=lo..hi
+            lrs = sorted(float(v) for k, v in metrics.items() if k.startswith("lr-"))
+            metrics = {k: v for k, v in metrics.items() if not k.startswith("lr-")}
+            if lrs and "lr" not in metrics:
+                metrics["lr"] = _fmt(lrs[0]) if lrs[0] == lrs[-1] else f"{_fmt(lrs[0])}..{_fmt(lrs[-1])}"
             parts = " ".join(f"{k.removesuffix('_epoch')}={_fmt(v)}" for k, v in sorted(metrics.items()))
             print(f"{self.prefix}epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {parts}", file=sys.stderr, flush=True)
 
