@@ -155,7 +155,13 @@ def test_hymenoptera_features_with_broken_files_added(cli, shared_data, tmp_path
 def test_task_packages_are_reachable_from_the_top_level():
     import transferkit
 
-    for task in ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch"):
+    import pkgutil
+
+    import transferkit.tasks
+
+    tasks = [m.name for m in pkgutil.iter_modules(transferkit.tasks.__path__) if m.ispkg]
+    assert sorted(transferkit._TASKS) == sorted(tasks)  # every task package is reachable, and nothing else
+    for task in tasks:
         assert getattr(transferkit, task).__name__ == f"transferkit.tasks.{task}"
     assert callable(transferkit.classify.fit) and callable(transferkit.classify.evaluate)
     with pytest.raises(AttributeError):

@@ -162,18 +162,24 @@ class LabelledSplit:
     split_files: dict[str, list[str]] = field(default_factory=dict)
 
 
+def labelled_source(data: str | os.PathLike) -> Path:
+    """DATA as a path that can hold labelled images: an existing folder, or a CSV of ``path,label``."""
+    data = Path(data)
+    if not data.exists():
+        raise TransferkitError(f"No such file or folder: {data}")
+    if data.is_file() and data.suffix.lower() != ".csv":
+        raise TransferkitError(f"{data} is a file; give a folder with one subfolder per class, or a CSV of path,label.")
+    return data
+
+
 def load_labelled(data: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> LabelledSplit:
     """Read labelled images from a class-folder tree (with or without ``train/``+``val/``) or a CSV.
 
     Without a given validation split, a seeded stratified one is made; its
     file lists are returned so the run can record them.
     """
-    data = Path(data)
-    if not data.exists():
-        raise TransferkitError(f"No such file or folder: {data}")
+    data = labelled_source(data)
     if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise TransferkitError(f"{data} is a file; give a folder with one subfolder per class, or a CSV of path,label.")
         full = read_csv_labels(data)
         where = str(data)
     elif (data / "train").is_dir() and (data / "val").is_dir():

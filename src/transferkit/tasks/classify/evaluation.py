@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,14 +39,10 @@ def metrics_from_probs(probs: np.ndarray, labels: Sequence[int], classes: Sequen
 
 def read_eval_data(data: str | os.PathLike, classes: Sequence[str]):
     """Labelled files to evaluate on: class folders (or DATA/val/), or a CSV; labels must be known classes."""
-    from transferkit.core.datasets import read_csv_labels, scan_class_folders
+    from transferkit.core.datasets import labelled_source, read_csv_labels, scan_class_folders
 
-    data = Path(data)
-    if not data.exists():
-        raise TransferkitError(f"No such file or folder: {data}")
+    data = labelled_source(data)
     if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise TransferkitError(f"{data} is a file; give a folder with one subfolder per class, or a CSV of path,label.")
         files = read_csv_labels(data, classes=list(classes))
     else:
         folder = data / "val" if (data / "val").is_dir() and (data / "train").is_dir() else data
