@@ -21,9 +21,11 @@ Measured, all in this one run and on the same episodes:
     training and test drawings by two different drawers; ``siamese eval --runs``).
 
 Ratios are against the raw-pixel baseline.  Configurations: ``default`` (the
-flags-free ``siamese fit DATA --out RUN``), ``pair``, ``triplet``, ``lite0``
-(pretrained EfficientNet-Lite0 encoder, fine-tuned); ``--budget MIN`` gives
-the non-default ones a time budget.
+flags-free ``siamese fit DATA --out RUN``), ``contrastive``, ``pair``,
+``triplet``, ``lite0`` (pretrained EfficientNet-Lite0 encoder, fine-tuned),
+``conv4`` (Prototypical Networks' CNN at 28 px); ``--budget MIN`` gives the
+non-default ones a time budget.  Evaluation embeds with the test-time
+augmentation each model was saved with (``--tta``, 32 views by default).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ import numpy as np
 
 CONFIGS = {
     "default": [],
+    "contrastive": ["--loss", "contrastive"],
     "pair": ["--loss", "pair"],
     "triplet": ["--loss", "triplet"],
     "lite0": ["--encoder", "efficientnet_lite0", "--freeze-to", "0", "--image-size", "64", "--batch-size", "64", "--lr", "1e-3"],
+    "conv4": ["--encoder", "conv4", "--image-size", "28"],
 }
 
 
@@ -111,7 +115,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("omniglot", help="folder with images_background_small1.zip and images_background_small2.zip")
     ap.add_argument("--work", default="/tmp/siamese_bench", help="folder for runs and trained models")
-    ap.add_argument("--configs", default="default,pair,triplet,lite0", help="comma list of: " + ", ".join(CONFIGS))
+    ap.add_argument("--configs", default="default,contrastive,pair,triplet,lite0,conv4", help="comma list of: " + ", ".join(CONFIGS))
     ap.add_argument("--budget", type=float, default=None, help="--time-budget (minutes) for non-default configs")
     ap.add_argument("--no-baselines", action="store_true", help="skip the two untrained baselines")
     args = ap.parse_args()

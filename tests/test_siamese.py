@@ -15,7 +15,7 @@ from transferkit.errors import TransferkitError
 from transferkit.tasks.siamese import SiameseConfig, calibrate, evaluate, evaluate_runs, fit, verify
 from transferkit.tasks.siamese.thresholds import choose_threshold, verification_pairs
 from transferkit.tasks.siamese.data import (
-    AffineRanges, ClassBatchSampler, ImageSet, TrainImages, balanced_pairs, load_image_set, random_affine)
+    AffineRanges, ClassBatchSampler, ImageSet, TrainImages, balanced_pairs, elastic_field, load_image_set, random_affine)
 from transferkit.tasks.siamese.episodes import mean_ci95, read_runs, sample_episodes, write_runs
 from transferkit.tasks.siamese.oneshot import seen_filter
 from transferkit.tasks.siamese.losses import make_objective
@@ -126,6 +126,21 @@ def test_rotated_classes_are_rotated_images():
     assert x[1, :, 0].sum() == 6 * 255  # 90 degrees counter-clockwise: the bar on the left
 
 
+def test_mirrored_classes_are_mirrored_images_and_never_share_a_batch_with_the_original():
+    img = np.zeros((1, 6, 6), np.uint8)
+    img[0, :, 0] = 255  # a bar down the left side
+    ds = TrainImages(np.repeat(img, 2, 0), np.array([0, 1]), rotations=True, mirror=True)
+    assert ds.views == 8 and len(ds) == 16
+    x, y = ds.__getitems__([0, 8, 10])  # image 0 as is, mirrored (view 4), mirrored then turned 90 degrees (view 5)
+    assert y.tolist() == [0, 8, 10]  # view v of class c is class v * 2 + c
+    assert x[0, :, 0].sum() == 6 * 255 and x[1, :, -1].sum() == 6 * 255  # mirrored: the bar on the right
+    assert x[2, 0, :].sum() == 6 * 255  # then a quarter-turn counter-clockwise: the bar along the top
+    labels = np.repeat(np.arange(6), 4)
+    ds = TrainImages(np.zeros((len(labels), 6, 6), np.uint8), labels, rotations=False, mirror=True)
+    for b in ClassBatchSampler(ds, classes_per_batch=3, per_class=2, steps=30, seed=0):
+        assert len({labels[v % ds.n] for v in b}) == 3  # a character and its mirror image are never both in a batch
+
+
 def test_balanced_pairs_never_pair_an_image_with_itself():
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
     i, j, t = balanced_pairs(y, generator=torch.Generator().manual_seed(0))
@@ -186,6 +201,29 @@ def test_affine_distortion_keeps_a_blank_page_blank_and_can_be_off():
     assert torch.equal(random_affine(z, AffineRanges(p=0.0)), z)
     moved = random_affine(z, AffineRanges(p=1.0), torch.Generator().manual_seed(0))
     assert not torch.allclose(moved, z)
+    bent = AffineRanges(rotate=0, shear=0, scale=(1, 1), translate=0, p=1.0, elastic=0.05)
+    assert torch.allclose(random_affine(x, bent, torch.Generator().manual_seed(0)), x)  # elastic keeps white white
+    assert not torch.allclose(random_affine(z, bent, torch.Generator().manual_seed(0)), z)
+    field = elastic_field(8, 20, 20, 0.05, torch.Generator().manual_seed(0))
+    assert field.shape == (8, 20, 20, 2) and float(field.abs().max()) <= 2 * 0.05 * 1.3  # bicubic may overshoot a little
+
+
+def test_test_time_augmentation_is_fixed_per_image_and_off_at_zero():
+    from transferkit.tasks.siamese.oneshot import embed_images
+
+    torch.manual_seed(0)
+    enc, _ = make_encoder("small-cnn", 1, 32, 16, width=0.25)
+    net = SiameseNet(enc, 16, "metric", 1, [0.5], [0.25]).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    plain = embed_images(net, images, tta=0)
+    with torch.no_grad():
+        assert torch.allclose(plain, net.embed(torch.from_numpy(images)[:, None].float() / 255), atol=1e-6)
+    aug = embed_images(net, images, tta=4)
+    assert aug.shape == (5, 16) and torch.allclose(aug.norm(dim=-1), torch.ones(5), atol=1e-5)  # still unit vectors
+    assert not torch.allclose(aug, plain, atol=1e-4)
+    # an image's embedding does not depend on the batch it is in
+    assert torch.allclose(embed_images(net, images[3:4], tta=4), aug[3:4], atol=1e-5)
+    assert torch.allclose(embed_images(net, images, tta=4, batch_size=2), aug, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- episodes and the runs format
@@ -350,7 +388,7 @@ def test_report_and_model_directory(trained):
         assert model.module(x).shape == (2, 32)
 
 
-@pytest.mark.parametrize("loss", ["pair", "triplet"])
+@pytest.mark.parametrize("loss", ["pair", "contrastive", "triplet", "multisimilarity"])  # supcon: the `trained` fixture
 def test_every_loss_trains_end_to_end_with_its_report(loss, faces, tmp_path):
     # fit runs the whole path (training, validation episodes, threshold, report pictures) for each loss
     run = fit(SiameseConfig(**{**TINY, "epochs": 1, "steps_per_epoch": 4, "loss": loss}), faces["train"], tmp_path / loss)

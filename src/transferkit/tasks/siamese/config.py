@@ -16,8 +16,8 @@ from transferkit.core.config import doc
 from transferkit.core.engine import TrainConfig
 from transferkit.errors import TransferkitError
 
-LOSSES = ("pair", "contrastive", "triplet")
-DEFAULT_MARGINS = {"pair": 0.0, "contrastive": 0.5, "triplet": 0.2}
+LOSSES = ("pair", "contrastive", "triplet", "supcon", "multisimilarity")
+DEFAULT_MARGINS = {"pair": 0.0, "contrastive": 0.5, "triplet": 0.2, "supcon": 0.0, "multisimilarity": 0.1}
 
 
 @dataclass
@@ -25,20 +25,25 @@ class SiameseConfig(TrainConfig):
     """Options of a Siamese (metric-learning) run."""
 
     # TrainConfig's fields with this task's defaults (an epoch is --steps-per-epoch batches)
-    epochs: int = doc("maximum number of epochs of --steps-per-epoch steps", 30)
+    epochs: int = doc("maximum number of epochs of --steps-per-epoch steps", 50)
     batch_size: int = doc("images per batch (--per-class images of batch_size/per_class classes)", 128)
     lr: float = doc("peak learning rate (AdamW)", 2e-3)
 
-    loss: Literal["pair", "contrastive", "triplet"] = doc(
+    loss: Literal["pair", "contrastive", "triplet", "supcon", "multisimilarity"] = doc(
         "pair: Koch et al.'s sigmoid on the weighted L1 distance, binary cross-entropy on balanced same/different "
         "pairs; contrastive: pull same pairs together, push different ones beyond --margin; triplet: anchor closer "
-        "to its positive than to its negative by --margin (both on L2-normalised embeddings, with online mining)",
-        "contrastive",
+        "to its positive than to its negative by --margin; supcon: supervised contrastive (each image's same-class "
+        "images against all others of the batch, softmax at --temperature); multisimilarity: Wang et al.'s "
+        "multi-similarity loss and miner (--margin is the miner's epsilon).  All but pair work on L2-normalised "
+        "embeddings; contrastive and triplet with online --mining",
+        "supcon",
     )
-    margin: Optional[float] = doc("contrastive/triplet margin on the Euclidean distance of unit embeddings "
-                                  "(None: 0.5 contrastive, 0.2 triplet)", None)
+    margin: Optional[float] = doc("contrastive/triplet margin on the Euclidean distance of unit embeddings, "
+                                  "multisimilarity's mining epsilon (None: 0.5 contrastive, 0.2 triplet, "
+                                  "0.1 multisimilarity)", None)
+    temperature: float = doc("supcon: softmax temperature of the cosine similarities", 0.1)
     mining: Literal["semihard", "hard", "all"] = doc(
-        "online mining in each batch: semihard (triplets: negative farther than the positive but within the margin; "
+        "contrastive, triplet (and pair: hard) losses' online mining in each batch: semihard (triplets: negative farther than the positive but within the margin; "
         "pairs: the pairs that still violate a margin), hard (the hardest positive and negative of each anchor), "
         "or all (every pair / triplet)", "semihard")
     encoder: str = doc("small-cnn (Koch et al.'s CNN, trained from scratch), or a pretrained backbone "
@@ -61,14 +66,21 @@ class SiameseConfig(TrainConfig):
     steps_per_epoch: int = doc("optimiser steps per epoch", 200)
     rotations: Optional[bool] = doc("also train on each class rotated by 90/180/270 degrees as three new classes "
                                     "(None: on for Omniglot characters, off otherwise)", None)
+    mirror: Optional[bool] = doc("also train on the left-right mirror image of each class (and of its rotations) as "
+                                 "new classes (None: off)", None)
     val_classes: float = doc("fraction of the classes held out for validation (one-shot accuracy per epoch, "
                              "best checkpoint, first verification threshold); 0: none", 0.1)
     val_way: int = doc("validation episodes: N of N-way one-shot (capped at the number of held-out classes)", 20)
+    tta: int = doc("test-time augmentation, saved with the model: eval, calibrate and verify embed each image as "
+                   "the mean over itself and this many fixed, seeded distortions of it (drawn like training's; "
+                   "0: off)", 32)
     # --- Koch's affine distortions
     rotate: float = doc("augmentation: random rotation up to +-this many degrees", 10.0)
     shear: float = doc("augmentation: random shear up to +-this (Koch: 0.3)", 0.3)
     scale: tuple[float, ...] = doc("augmentation: random scale range per axis", (0.8, 1.2))
     translate: float = doc("augmentation: random translation up to this fraction of the side", 0.1)
+    elastic: float = doc("augmentation: smooth random (elastic) displacement of the strokes up to this fraction of "
+                         "the side (0: off)", 0.06)
     augment_p: float = doc("augmentation: probability of each distortion component (0: no augmentation)", 0.5)
     # --- optimisation
     weight_decay: float = doc("AdamW weight decay (not on biases and norm weights)", 1e-4)
@@ -98,16 +110,22 @@ class SiameseConfig(TrainConfig):
             raise TransferkitError(f"--embedding must be at least 2 (got {self.embedding}).")
         if not self.width > 0:
             raise TransferkitError(f"--width must be positive (got {self.width}).")
+        if not self.temperature > 0:
+            raise TransferkitError(f"--temperature must be positive (got {self.temperature}).")
         if self.margin is not None and self.margin < 0:
             raise TransferkitError(f"--margin must be >= 0 (got {self.margin}).")
         if not 0 <= self.val_classes < 1:
             raise TransferkitError(f"--val-classes must be in [0, 1) (got {self.val_classes}).")
+        if self.tta < 0:
+            raise TransferkitError(f"--tta must be >= 0 (got {self.tta}).")
         if self.val_way < 2:
             raise TransferkitError(f"--val-way must be at least 2 (got {self.val_way}).")
         if self.image_size is not None and self.image_size < 16:
             raise TransferkitError(f"--image-size must be at least 16 (got {self.image_size}).")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise TransferkitError(f"--scale takes two positive numbers lo,hi with lo <= hi (got {self.scale}).")
+        if not 0 <= self.elastic < 0.5:
+            raise TransferkitError(f"--elastic must be in [0, 0.5) (got {self.elastic}).")
         if not 0 <= self.augment_p <= 1:
             raise TransferkitError(f"--augment-p must be in [0, 1] (got {self.augment_p}).")
         if self.time_budget is not None and not self.time_budget > 0:

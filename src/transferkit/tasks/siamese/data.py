@@ -5,8 +5,8 @@
   official ``.zip`` files) into one uint8 array at the model's input size.
 * :class:`ClassBatchSampler` draws each batch as ``P`` classes x ``K``
   images, so every batch holds same-class pairs for the losses and miners;
-  rotated copies of a class (``--rotations``) never share a batch with the
-  class itself (a symmetric character rotated by 180 degrees is the same
+  rotated or mirrored copies of a class (``--rotations``, ``--mirror``) never
+  share a batch with the class itself (a symmetric character rotated by 180 degrees is the same
   picture, and must not become its own negative).
 * :func:`balanced_pairs`: equal numbers of same and different pairs from a
   batch, never an image with itself.
@@ -226,24 +226,28 @@ def to_float_tensor(images: np.ndarray):
 
 
 class TrainImages:
-    """In-memory training images with optional rotated classes; fetched a batch at a time.
+    """In-memory training images with optional rotated and mirrored classes; fetched a batch at a time.
 
-    With ``rotations``, class ``c`` rotated by ``r`` quarter-turns is class
-    ``r * C + c`` (``C`` base classes), and virtual image ``r * N + i`` is
-    image ``i`` rotated.  ``__getitems__`` returns ``(uint8 images, labels)``.
+    Each image has ``views`` versions: quarter-turns ``r`` (4 with
+    ``rotations``, else 1), each also mirrored left-right with ``mirror``.
+    View ``v`` of class ``c`` is class ``v * C + c`` (``C`` base classes),
+    and virtual image ``v * N + i`` is image ``i`` in view ``v``; a rotated or
+    mirrored character is a different character, so it is a new class.
+    ``__getitems__`` returns ``(uint8 images, labels)``.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, rotations: bool):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rotations: bool, mirror: bool = False):
         import torch
 
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.n = len(labels)
         self.n_base = int(self.labels.max()) + 1 if self.n else 0
-        self.rotations = 4 if rotations else 1
+        self.turns = 4 if rotations else 1
+        self.views = self.turns * (2 if mirror else 1)
 
     def __len__(self) -> int:
-        return self.n * self.rotations
+        return self.n * self.views
 
     def label(self, v: int) -> int:
         return int(self.labels[v % self.n]) + (v // self.n) * self.n_base
@@ -255,13 +259,16 @@ class TrainImages:
         import torch
 
         idx_t = torch.as_tensor(list(idx), dtype=torch.long)
-        base, rot = idx_t % self.n, idx_t // self.n
+        base, view = idx_t % self.n, idx_t // self.n
         x = self.images[base]  # (B, H, W[, 3]) uint8
-        y = self.labels[base] + rot * self.n_base
-        if self.rotations > 1:
+        y = self.labels[base] + view * self.n_base
+        if self.views > 1:
             hw = (1, 2)
+            turn, flip = view % self.turns, view // self.turns
+            if bool((flip == 1).any()):
+                x[flip == 1] = torch.flip(x[flip == 1], (2,))  # left-right
             for r in (1, 2, 3):
-                sel = rot == r
+                sel = turn == r
                 if bool(sel.any()):
                     x[sel] = torch.rot90(x[sel], r, hw)
         return x, y
@@ -280,8 +287,8 @@ class ClassBatchSampler:
     draws its own batches (seeded by its rank too), so Lightning must not
     replace this sampler (``use_distributed_sampler=False``).  A class with fewer than
     ``per_class`` images contributes all of them; classes with one image are
-    never drawn (they have no positive).  With rotated classes, one rotation
-    of a base class at most per batch.
+    never drawn (they have no positive).  With rotated or mirrored classes,
+    one view of a base class at most per batch.
     """
 
     def __init__(self, dataset: TrainImages, classes_per_batch: int, per_class: int, steps: int, seed: int = 0):
@@ -289,7 +296,7 @@ class ClassBatchSampler:
         self.steps = steps
         self.seed = seed
         self.epoch = 0
-        self.n, self.rot = dataset.n, dataset.rotations
+        self.n, self.views = dataset.n, dataset.views
         labels = dataset.labels.numpy()
         self.members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
         self.base_classes = [c for c, m in self.members.items() if len(m) >= 2]
@@ -308,12 +315,12 @@ class ClassBatchSampler:
         base = np.asarray(self.base_classes)
         for _ in range(self.steps):
             chosen = rng.choice(base, self.classes_per_batch, replace=False)
-            rots = rng.integers(0, self.rot, len(chosen))
+            views = rng.integers(0, self.views, len(chosen))
             batch: list[int] = []
-            for c, r in zip(chosen, rots):
+            for c, v in zip(chosen, views):
                 m = self.members[int(c)]
                 pick = rng.choice(m, min(self.per_class, len(m)), replace=False)
-                batch.extend(int(i) + int(r) * self.n for i in pick)
+                batch.extend(int(i) + int(v) * self.n for i in pick)
             yield batch
 
 
@@ -372,20 +379,12 @@ class AffineRanges:
     scale: tuple[float, float] = (0.8, 1.2)
     translate: float = 0.1  # fraction of the side
     p: float = 0.5
+    elastic: float = 0.0  # smooth random displacement, up to this fraction of the side (0: off)
 
 
-def random_affine(x: Any, ranges: AffineRanges, generator: Any = None):
-    """A random affine distortion per image of a float batch (N, C, H, W), in one ``grid_sample``.
-
-    Borders are replicated (a white page stays white).  With ``p == 0`` the
-    batch is returned unchanged.
-    """
+def affine_thetas(n: int, ranges: AffineRanges, generator: Any = None):
+    """``n`` random affine maps (n, 2, 3) with Koch's distortion ranges, in ``affine_grid``'s output -> input form."""
     import torch
-    import torch.nn.functional as F
-
-    if ranges.p <= 0:
-        return x
-    n = x.shape[0]
 
     def u(*shape: int) -> torch.Tensor:  # uniform in [-1, 1]
         return torch.rand(*shape, generator=generator) * 2 - 1
@@ -403,6 +402,52 @@ def random_affine(x: Any, ranges: AffineRanges, generator: Any = None):
     sh = torch.eye(2).repeat(n, 1, 1)
     sh[:, 0, 1], sh[:, 1, 0] = shear[:, 0], shear[:, 1]
     a = rot @ sh @ torch.diag_embed(1.0 / scale)  # the grid maps output -> input: 1/scale zooms in by scale
-    theta = torch.cat([a, shift[:, :, None]], 2).to(x.dtype).to(x.device)  # (n, 2, 3)
+    return torch.cat([a, shift[:, :, None]], 2)  # (n, 2, 3)
+
+
+def apply_affine(x: Any, theta: Any):
+    """Warp a float batch (N, C, H, W) by ``theta`` (N, 2, 3) (or one (2, 3) map for all); borders replicated."""
+    import torch.nn.functional as F
+
+    theta = theta.to(x.dtype).to(x.device)
+    if theta.ndim == 2:
+        theta = theta.expand(x.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def elastic_field(n: int, h: int, w: int, amount: float, generator: Any = None, knots: int = 4):
+    """Smooth random displacements (n, h, w, 2) in grid units (a side spans 2), up to ``amount`` of the side.
+
+    A ``knots`` x ``knots`` grid of uniform random offsets, upsampled
+    bicubically: the stroke bends the way two people's drawings of one
+    character differ, which an affine map cannot express.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    coarse = (torch.rand(n, 2, knots, knots, generator=generator) * 2 - 1) * (2 * amount)
+    return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+
+
+def random_affine(x: Any, ranges: AffineRanges, generator: Any = None):
+    """A random affine distortion per image of a float batch (N, C, H, W), in one ``grid_sample``.
+
+    With ``ranges.elastic`` a smooth random displacement is added to the
+    sampling grid of each image (with probability ``p``).  Borders are
+    replicated (a white page stays white).  With ``p == 0`` the batch is
+    returned unchanged.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if ranges.p <= 0:
+        return x
+    theta = affine_thetas(x.shape[0], ranges, generator)
+    if ranges.elastic <= 0:
+        return apply_affine(x, theta)
+    n, _, h, w = x.shape
+    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
+    on = (torch.rand(n, generator=generator) < ranges.p).to(x.dtype).view(n, 1, 1, 1)
+    grid = grid + (elastic_field(n, h, w, ranges.elastic, generator) * on).to(x.dtype).to(x.device)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -2,8 +2,9 @@
 
 * :class:`PairLoss`: Koch et al.'s head (``net.head``) on balanced same /
   different pairs of the batch, binary cross-entropy.
-* :class:`MetricLoss`: a pytorch-metric-learning loss with a miner
-  (contrastive or triplet; semi-hard, hard or all tuples of the batch).
+* :class:`MetricLoss`: a pytorch-metric-learning loss, with a miner where
+  it takes one (contrastive or triplet: semi-hard, hard or all tuples of
+  the batch; supervised contrastive; multi-similarity).
 
 The training module knows nothing about which one it holds, so a new
 objective is one class with one method (pytorch-metric-learning's design).
@@ -62,8 +63,8 @@ class MetricLoss:
         return self.loss(emb, labels, tuples)
 
 
-def make_objective(loss: str, margin: float, mining: str) -> SiameseObjective:
-    """The objective for ``--loss``, ``--margin`` and ``--mining``.
+def make_objective(loss: str, margin: float, mining: str, temperature: float = 0.1) -> SiameseObjective:
+    """The objective for ``--loss``, ``--margin``, ``--mining`` and ``--temperature``.
 
     contrastive: ``ContrastiveLoss(pos_margin=0, neg_margin=margin)``; miners:
     semihard = ``PairMarginMiner`` (positives farther than 0, negatives
@@ -72,6 +73,10 @@ def make_objective(loss: str, margin: float, mining: str) -> SiameseObjective:
     triplet: ``TripletMarginLoss(margin)``; miners: semihard =
     ``TripletMarginMiner(type_of_triplets="semihard")``, hard =
     ``BatchHardMiner``, all = every triplet.
+    supcon: ``SupConLoss(temperature)`` over every pair of the batch (its
+    softmax weighs the hard negatives itself, so no miner).
+    multisimilarity: ``MultiSimilarityLoss(alpha=2, beta=50, base=0.5)``
+    with ``MultiSimilarityMiner(epsilon=margin)`` (the paper's settings).
     """
     if loss == "pair":
         return PairLoss(mining)
@@ -87,4 +92,8 @@ def make_objective(loss: str, margin: float, mining: str) -> SiameseObjective:
         miner = {"semihard": miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard"),
                  "hard": miners.BatchHardMiner(), "all": None}[mining]
         return MetricLoss(fn, miner)
+    if loss == "supcon":
+        return MetricLoss(losses.SupConLoss(temperature=temperature))
+    if loss == "multisimilarity":
+        return MetricLoss(losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(epsilon=margin))
     raise ValueError(f"unknown loss {loss!r}")

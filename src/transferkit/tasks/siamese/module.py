@@ -50,7 +50,7 @@ class SiameseModule(pl.LightningModule):
         self.val_episodes = list(val_episodes)
         self.stages = list(stages)
         self.frozen = frozen
-        self.ranges = AffineRanges(cfg.rotate, cfg.shear, tuple(cfg.scale), cfg.translate, cfg.augment_p)
+        self.ranges = AffineRanges(cfg.rotate, cfg.shear, tuple(cfg.scale), cfg.translate, cfg.augment_p, cfg.elastic)
         self.total_steps = max(1, cfg.epochs * cfg.steps_per_epoch)
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resume)
         self._t0: float | None = None

@@ -51,21 +51,48 @@ def input_size(model: Any) -> tuple[int, bool]:
     return int(pre["input_size"][-1]), bool(model.config["siamese"]["grey"])
 
 
-def embed_images(net: Any, images: np.ndarray, batch_size: int = 256):
-    """Embeddings (N, D) float32 tensor of uint8 images (N, H, W[, 3]), in eval mode without gradients."""
-    import torch
+def embed_images(net: Any, images: np.ndarray, batch_size: int = 256, tta: int = 0, ranges: Any = None):
+    """Embeddings (N, D) float32 tensor of uint8 images (N, H, W[, 3]), in eval mode without gradients.
 
-    from transferkit.tasks.siamese.data import to_float_tensor
+    With ``tta`` > 0 (test-time augmentation), an image's embedding is the
+    mean of its own and those of ``tta`` distortions of it, drawn from
+    ``ranges`` (an :class:`~transferkit.tasks.siamese.data.AffineRanges`; the
+    model's training distortions, Koch's by default); unit embeddings are
+    renormalised.  The distortions are fixed and seeded, the same for every
+    image, so an embedding does not depend on its batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from transferkit.tasks.siamese.data import AffineRanges, affine_thetas, apply_affine, to_float_tensor
 
     net.eval()
+    ranges = ranges or AffineRanges()
+    thetas = affine_thetas(tta, ranges, torch.Generator().manual_seed(0)) if tta > 0 and ranges.p > 0 else []
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = to_float_tensor(images[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
-            out.append(net.embed(x).float())
+            x = to_float_tensor(images[i:i + batch_size])
+            e = net.embed(x.contiguous(memory_format=torch.channels_last)).float()
+            for theta in thetas:
+                e += net.embed(apply_affine(x, theta).contiguous(memory_format=torch.channels_last)).float()
+            if len(thetas):
+                e = F.normalize(e, dim=-1) if net.kind == "metric" else e / (len(thetas) + 1)
+            out.append(e)
     if not out:
         return torch.zeros(0, net.embedding_size)
     return torch.cat(out)
+
+
+def model_embed(model: Any, images: np.ndarray):
+    """``embed_images`` with the test-time augmentation a model was saved with (none for models without one)."""
+    from transferkit.tasks.siamese.data import AffineRanges
+
+    s = model.config.get("siamese", {})
+    aug = s.get("augment") or {}
+    ranges = AffineRanges(float(aug.get("rotate", 10.0)), float(aug.get("shear", 0.3)),
+                          tuple(aug.get("scale", (0.8, 1.2))), float(aug.get("translate", 0.1)), float(aug.get("p", 0.5)))
+    return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=ranges)
 
 
 def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
@@ -124,7 +151,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
     import torch
 
     emb = torch.zeros(len(ds), model.module.embedding_size)
-    emb[torch.as_tensor(used)] = embed_images(model.module, ds.images[used])
+    emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
     accs = episode_accuracies(model.module.cdist, emb, eps)
     acc, ci = mean_ci95(accs)
     return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries, **info}
@@ -149,8 +176,8 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
         for run in runs:
             train_imgs, kept_train = read_images(run.training, size, grey, strict=True)
             test_imgs, kept_test = read_images(run.test, size, grey, strict=True)
-            e_train = embed_images(model.module, train_imgs)
-            e_test = embed_images(model.module, test_imgs)
+            e_train = model_embed(model, train_imgs)
+            e_test = model_embed(model, test_imgs)
             pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
             ok = int((pred == np.asarray(run.answers)).sum())
             per_run.append({"run": run.name, "accuracy": ok / len(run.test), "n": len(run.test)})
@@ -204,7 +231,7 @@ def calibrate(run_dir: str | os.PathLike, data: str | os.PathLike, target_far: f
         _say(f"warning: {note}")
     if int((ds.counts() >= 2).sum()) < 1 or len(ds.classes) < 2:
         raise TransferkitError(f"{data} needs two classes, one of them with two images, to make same and different pairs.")
-    emb = embed_images(model.module, ds.images)
+    emb = model_embed(model, ds.images)
     d_same, d_diff = pair_distances(model.module, emb, ds.labels, pairs, seed)
     cal = choose_threshold(d_same, d_diff, target_far)
     record = {**cal.to_dict(), "source": str(data), "classes": len(ds.classes)}
@@ -286,8 +313,8 @@ def verify(run_dir: str | os.PathLike, gallery: str | os.PathLike, images: Seque
     q_images, kept = read_images(paths, size, grey)
     if not kept:
         raise TransferkitError("None of the images to verify could be read.")
-    g_emb = embed_images(model.module, g_images)
-    q_emb = embed_images(model.module, q_images)
+    g_emb = model_embed(model, g_images)
+    q_emb = model_embed(model, q_images)
     with torch.inference_mode():
         d = model.module.cdist(q_emb, g_emb).numpy()  # (queries, gallery images)
     ids = sorted(set(g_ids))

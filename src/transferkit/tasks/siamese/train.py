@@ -87,6 +87,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         in_chans = 3
     grey = data_set.grey
     rotations = data_set.kind == "omniglot" if cfg.rotations is None else cfg.rotations
+    mirror = bool(cfg.mirror)
     train_c, val_c = split_classes(data_set, cfg.val_classes, cfg.seed)
     train = data_set.subset_classes(train_c)
     val = data_set.subset_classes(val_c) if val_c else None
@@ -113,19 +114,20 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     if val is not None:
         way = min(cfg.val_way, len(val.classes))
         val_eps = sample_episodes(val.labels, range(len(val.classes)), way, 1, 1, 200, seed=cfg.seed)
-    objective = make_objective(cfg.loss, cfg.resolved_margin(), cfg.mining)
+    objective = make_objective(cfg.loss, cfg.resolved_margin(), cfg.mining, cfg.temperature)
     module = SiameseModule(net, objective, cfg, val_eps, stages, frozen)
 
-    ds = TrainImages(train.images, train.labels, rotations)
+    ds = TrainImages(train.images, train.labels, rotations, mirror)
     sampler = ClassBatchSampler(ds, cfg.batch_size // cfg.per_class, cfg.per_class, cfg.steps_per_epoch, cfg.seed)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
     vloader = val_loader(val.images) if val is not None else None
     monitor = "val_acc" if val_eps else None
     trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ",
                                   use_distributed_sampler=False)  # ClassBatchSampler draws per rank itself
-    n_train = len(train.classes) * (4 if rotations else 1)
+    n_train = len(train.classes) * ds.views
+    views = (" x4 rotations" if rotations else "") + (" x2 mirror" if mirror else "")
     _say(f"training {cfg.encoder} ({cfg.loss} loss, {cfg.embedding}-d) on {len(train)} images of {len(train.classes)} "
-         f"classes{' x4 rotations' if rotations else ''} = {n_train} classes; {len(val_c)} classes held out; "
+         f"classes{views} = {n_train} classes; {len(val_c)} classes held out; "
          f"{size}x{size} {'grey' if grey else 'colour'}; up to {cfg.epochs} x {cfg.steps_per_epoch} steps"
          + (f" or {cfg.time_budget:g} min" if cfg.time_budget else ""))
     t_train = time.perf_counter()
@@ -145,7 +147,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     if val is not None:
         from transferkit.tasks.siamese.episodes import episode_accuracies, episode_predictions
 
-        emb = embed_images(net, val.images)
+        emb = embed_images(net, val.images, tta=cfg.tta, ranges=module.ranges)
         val_acc = float(episode_accuracies(net.cdist, emb, val_eps).mean())
         d_same, d_diff = pair_distances(net, emb, val.labels, 2000, cfg.seed)
         if len(d_same) and len(d_diff):
@@ -182,12 +184,14 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "preprocessing": Preprocessing(input_size=(3, size, size), interpolation="bilinear", crop_pct=1.0,
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
-                    "width": cfg.width, "grey": grey, "mean": mean, "std": std, "margin": cfg.resolved_margin(),
+                    "width": cfg.width, "grey": grey, "tta": cfg.tta,
+                    "augment": {"rotate": cfg.rotate, "shear": cfg.shear, "scale": list(cfg.scale), "translate": cfg.translate,
+                                "p": cfg.augment_p}, "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
         "training": {"data": str(data), "kind": data_set.kind, "alphabets": groups,
                      "train_classes": [data_set.classes[c] for c in train_c],
-                     "val_classes": [data_set.classes[c] for c in val_c], "rotations": rotations,
+                     "val_classes": [data_set.classes[c] for c in val_c], "rotations": rotations, "mirror": mirror,
                      "val_acc": val_acc, "steps": int(trainer.global_step), "train_seconds": round(train_seconds, 1),
                      "best_checkpoint": Path(best_path).name if best_path else None},
     }
@@ -195,7 +199,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
 
     summary = {
         "encoder": cfg.encoder, "loss": cfg.loss, "embedding": cfg.embedding, "image_size": size,
-        "train_classes": len(train.classes), "held_out_classes": len(val_c), "rotations": rotations,
+        "train_classes": len(train.classes), "held_out_classes": len(val_c), "rotations": rotations, "mirror": mirror,
         "steps": int(trainer.global_step), "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "val_way": val_eps[0].support.shape[0] if val_eps else None, "val_acc": val_acc,
