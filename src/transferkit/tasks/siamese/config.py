@@ -66,8 +66,8 @@ class SiameseConfig(TrainConfig):
     steps_per_epoch: int = doc("optimiser steps per epoch", 200)
     rotations: Optional[bool] = doc("also train on each class rotated by 90/180/270 degrees as three new classes "
                                     "(None: on for Omniglot characters, off otherwise)", None)
-    mirror: Optional[bool] = doc("also train on the left-right mirror image of each class (and of its rotations) as "
-                                 "new classes (None: off)", None)
+    mirror: bool = doc("also train on the left-right mirror image of each class (and of its rotations) as new "
+                       "classes", False)
     val_classes: float = doc("fraction of the classes held out for validation (one-shot accuracy per epoch, "
                              "best checkpoint, first verification threshold); 0: none", 0.1)
     val_way: int = doc("validation episodes: N of N-way one-shot (capped at the number of held-out classes)", 20)

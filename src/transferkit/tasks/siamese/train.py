@@ -87,7 +87,6 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         in_chans = 3
     grey = data_set.grey
     rotations = data_set.kind == "omniglot" if cfg.rotations is None else cfg.rotations
-    mirror = bool(cfg.mirror)
     train_c, val_c = split_classes(data_set, cfg.val_classes, cfg.seed)
     train = data_set.subset_classes(train_c)
     val = data_set.subset_classes(val_c) if val_c else None
@@ -117,7 +116,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     objective = make_objective(cfg.loss, cfg.resolved_margin(), cfg.mining, cfg.temperature)
     module = SiameseModule(net, objective, cfg, val_eps, stages, frozen)
 
-    ds = TrainImages(train.images, train.labels, rotations, mirror)
+    ds = TrainImages(train.images, train.labels, rotations, cfg.mirror)
     sampler = ClassBatchSampler(ds, cfg.batch_size // cfg.per_class, cfg.per_class, cfg.steps_per_epoch, cfg.seed)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
     vloader = val_loader(val.images) if val is not None else None
@@ -125,7 +124,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ",
                                   use_distributed_sampler=False)  # ClassBatchSampler draws per rank itself
     n_train = len(train.classes) * ds.views
-    views = (" x4 rotations" if rotations else "") + (" x2 mirror" if mirror else "")
+    views = (" x4 rotations" if rotations else "") + (" x2 mirror" if cfg.mirror else "")
     _say(f"training {cfg.encoder} ({cfg.loss} loss, {cfg.embedding}-d) on {len(train)} images of {len(train.classes)} "
          f"classes{views} = {n_train} classes; {len(val_c)} classes held out; "
          f"{size}x{size} {'grey' if grey else 'colour'}; up to {cfg.epochs} x {cfg.steps_per_epoch} steps"
@@ -191,7 +190,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "verification": verification,
         "training": {"data": str(data), "kind": data_set.kind, "alphabets": groups,
                      "train_classes": [data_set.classes[c] for c in train_c],
-                     "val_classes": [data_set.classes[c] for c in val_c], "rotations": rotations, "mirror": mirror,
+                     "val_classes": [data_set.classes[c] for c in val_c], "rotations": rotations, "mirror": cfg.mirror,
                      "val_acc": val_acc, "steps": int(trainer.global_step), "train_seconds": round(train_seconds, 1),
                      "best_checkpoint": Path(best_path).name if best_path else None},
     }
@@ -199,7 +198,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
 
     summary = {
         "encoder": cfg.encoder, "loss": cfg.loss, "embedding": cfg.embedding, "image_size": size,
-        "train_classes": len(train.classes), "held_out_classes": len(val_c), "rotations": rotations, "mirror": mirror,
+        "train_classes": len(train.classes), "held_out_classes": len(val_c), "rotations": rotations, "mirror": cfg.mirror,
         "steps": int(trainer.global_step), "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "val_way": val_eps[0].support.shape[0] if val_eps else None, "val_acc": val_acc,
