@@ -66,6 +66,9 @@ ABLATION = {
                                        "0.06", "--tta", "0", "--epochs", "30", *STEPS],
     "supcon-elastic-3000": ["--loss", "supcon", "--elastic", "0.06", "--tta", "0", "--epochs", "15", *STEPS],
     "supcon-elastic-3000-tta": ["--loss", "supcon", "--elastic", "0.06", "--epochs", "15", *STEPS],
+    # the defaults with one change, within the default 25-minute budget
+    "elastic-0.1": ["--elastic", "0.1"],
+    "size-64": ["--image-size", "64"],
 }
 CONFIGS.update(ABLATION)
 

@@ -224,6 +224,17 @@ def test_test_time_augmentation_is_fixed_per_image_and_off_at_zero():
     # an image's embedding does not depend on the batch it is in
     assert torch.allclose(embed_images(net, images[3:4], tta=4), aug[3:4], atol=1e-5)
     assert torch.allclose(embed_images(net, images, tta=4, batch_size=2), aug, atol=1e-5)
+    # a saved model's embedding uses its stored views and distortion ranges
+    from types import SimpleNamespace
+
+    from transferkit.tasks.siamese.oneshot import model_embed
+
+    ranges = AffineRanges(rotate=5.0, shear=0.1, scale=(0.9, 1.1), translate=0.05, p=1.0, elastic=0.06)
+    model = SimpleNamespace(module=net, config={"siamese": {"tta": 4, "augment": json.loads(json.dumps(vars(ranges)))}})
+    assert torch.allclose(model_embed(model, images), embed_images(net, images, tta=4, ranges=ranges), atol=1e-6)
+    assert not torch.allclose(model_embed(model, images), aug, atol=1e-4)  # not Koch's default ranges
+    older = SimpleNamespace(module=net, config={"siamese": {}})  # saved before --tta existed: no augmentation
+    assert torch.allclose(model_embed(older, images), plain, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- episodes and the runs format

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = group.add_parser(
         "fit",
-        help="train a Siamese network (pair, contrastive or triplet loss); writes a run folder",
+        help="train a Siamese network (pair, contrastive, triplet, supcon or multisimilarity loss); writes a run folder",
         description="Train twin encoders with shared weights on DATA: a folder with one subfolder per class, or "
         "Omniglot (alphabet/character/*.png, as a folder or the official .zip files). A fraction of the classes is "
         "held out to measure one-shot accuracy on unseen classes, pick the best epoch and a first verification "

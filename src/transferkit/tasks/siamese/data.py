@@ -5,14 +5,16 @@
   official ``.zip`` files) into one uint8 array at the model's input size.
 * :class:`ClassBatchSampler` draws each batch as ``P`` classes x ``K``
   images, so every batch holds same-class pairs for the losses and miners;
-  rotated or mirrored copies of a class (``--rotations``, ``--mirror``) never
-  share a batch with the class itself (a symmetric character rotated by 180 degrees is the same
-  picture, and must not become its own negative).
+  rotated or mirrored copies of a class (``--rotations``, ``--mirror``)
+  never share a batch with the class itself (a symmetric character rotated
+  by 180 degrees is the same picture, and must not become its own negative).
 * :func:`balanced_pairs`: equal numbers of same and different pairs from a
   batch, never an image with itself.
 * :func:`random_affine`: Koch et al.'s distortions (rotation, shear, scale,
-  translation, each component on with probability ``p``), applied to a whole
-  batch at once with one ``grid_sample`` call.
+  translation, each component on with probability ``p``) plus an optional
+  smooth elastic displacement, applied to a whole batch at once with one
+  ``grid_sample`` call; :func:`affine_thetas` / :func:`apply_affine` give
+  the fixed, seeded distortions of test-time augmentation.
 """
 
 from __future__ import annotations

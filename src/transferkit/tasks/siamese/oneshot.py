@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -89,10 +90,9 @@ def model_embed(model: Any, images: np.ndarray):
     from transferkit.tasks.siamese.data import AffineRanges
 
     s = model.config.get("siamese", {})
-    aug = s.get("augment") or {}
-    ranges = AffineRanges(float(aug.get("rotate", 10.0)), float(aug.get("shear", 0.3)),
-                          tuple(aug.get("scale", (0.8, 1.2))), float(aug.get("translate", 0.1)), float(aug.get("p", 0.5)))
-    return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=ranges)
+    known = {f.name for f in dataclasses.fields(AffineRanges)}
+    aug = {k: (tuple(v) if k == "scale" else float(v)) for k, v in (s.get("augment") or {}).items() if k in known}
+    return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=AffineRanges(**aug))
 
 
 def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:

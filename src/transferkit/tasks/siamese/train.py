@@ -17,6 +17,7 @@ different pairs, replaced by ``siamese calibrate``), and the report's pictures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -184,8 +185,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
                     "width": cfg.width, "grey": grey, "tta": cfg.tta,
-                    "augment": {"rotate": cfg.rotate, "shear": cfg.shear, "scale": list(cfg.scale), "translate": cfg.translate,
-                                "p": cfg.augment_p}, "mean": mean, "std": std, "margin": cfg.resolved_margin(),
+                    "augment": dataclasses.asdict(module.ranges), "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
         "training": {"data": str(data), "kind": data_set.kind, "alphabets": groups,
