@@ -72,8 +72,8 @@ class SiameseConfig(TrainConfig):
                              "best checkpoint, first verification threshold); 0: none", 0.1)
     val_way: int = doc("validation episodes: N of N-way one-shot (capped at the number of held-out classes)", 20)
     tta: int = doc("test-time augmentation, saved with the model: eval, calibrate and verify embed each image as "
-                   "the mean over itself and this many fixed, seeded distortions of it (drawn like training's; "
-                   "0: off)", 32)
+                   "the mean over itself and this many fixed, seeded distortions of it (drawn from training's affine "
+                   "ranges; 0: off)", 32)
     # --- Koch's affine distortions
     rotate: float = doc("augmentation: random rotation up to +-this many degrees", 10.0)
     shear: float = doc("augmentation: random shear up to +-this (Koch: 0.3)", 0.3)

@@ -407,14 +407,20 @@ def affine_thetas(n: int, ranges: AffineRanges, generator: Any = None):
     return torch.cat([a, shift[:, :, None]], 2)  # (n, 2, 3)
 
 
-def apply_affine(x: Any, theta: Any):
-    """Warp a float batch (N, C, H, W) by ``theta`` (N, 2, 3) (or one (2, 3) map for all); borders replicated."""
+def apply_affine(x: Any, theta: Any, displacement: Any = None):
+    """Warp a float batch (N, C, H, W) by ``theta`` (N, 2, 3) (or one (2, 3) map for all); borders replicated.
+
+    ``displacement`` (N, H, W, 2), in grid units, is added to the sampling
+    grid (the elastic part of :func:`random_affine`).
+    """
     import torch.nn.functional as F
 
     theta = theta.to(x.dtype).to(x.device)
     if theta.ndim == 2:
         theta = theta.expand(x.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if displacement is not None:
+        grid = grid + displacement.to(x.dtype).to(x.device)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -441,15 +447,13 @@ def random_affine(x: Any, ranges: AffineRanges, generator: Any = None):
     returned unchanged.
     """
     import torch
-    import torch.nn.functional as F
 
     if ranges.p <= 0:
         return x
     theta = affine_thetas(x.shape[0], ranges, generator)
-    if ranges.elastic <= 0:
-        return apply_affine(x, theta)
-    n, _, h, w = x.shape
-    grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
-    on = (torch.rand(n, generator=generator) < ranges.p).to(x.dtype).view(n, 1, 1, 1)
-    grid = grid + (elastic_field(n, h, w, ranges.elastic, generator) * on).to(x.dtype).to(x.device)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    bend = None
+    if ranges.elastic > 0:
+        n, _, h, w = x.shape
+        on = (torch.rand(n, generator=generator) < ranges.p).float().view(n, 1, 1, 1)
+        bend = elastic_field(n, h, w, ranges.elastic, generator) * on
+    return apply_affine(x, theta, bend)
