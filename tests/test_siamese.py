@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -116,6 +117,48 @@ def test_class_batches_are_balanced_and_rotations_never_share_a_batch():
     assert list(sampler) == batches
 
 
+def test_alphabet_batches_draw_their_classes_from_that_many_alphabets():
+    labels = np.repeat(np.arange(40), 3)
+    ds = TrainImages(np.zeros((len(labels), 8, 8), np.uint8), labels, rotations=True)
+    alphabet = [f"a{c // 10}" for c in range(40)]  # four alphabets of ten characters
+    one = ClassBatchSampler(ds, classes_per_batch=8, per_class=2, steps=30, seed=0, groups=alphabet, groups_per_batch=1)
+    for b in one:
+        base = {int(labels[v % ds.n]) for v in b}
+        assert len(base) == 8 and len({c // 10 for c in base}) == 1  # one alphabet holds enough characters
+    # two alphabets' worth of classes from one alphabet: topped up from the others, still distinct classes
+    topped = ClassBatchSampler(ds, classes_per_batch=14, per_class=2, steps=30, seed=0, groups=alphabet,
+                               groups_per_batch=1)
+    for b in topped:
+        base = [int(labels[v % ds.n]) for v in b[::2]]
+        assert len(set(base)) == 14 and np.bincount([c // 10 for c in base]).max() == 10
+    plain = ClassBatchSampler(ds, classes_per_batch=8, per_class=2, steps=30, seed=0)
+    assert max(len({int(labels[v % ds.n]) // 10 for v in b}) for b in plain) > 2  # off: classes from anywhere
+
+
+def test_centring_compares_unit_embeddings_minus_the_support_mean():
+    from transferkit.tasks.siamese.episodes import Episode, center_on_support, episode_predictions
+
+    ep = Episode(np.arange(6), np.arange(6)[:, None], np.arange(6, 12)[:, None])
+    changed = 0
+    for k in range(20):
+        emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(k)) + 1.5, dim=-1)
+        sup, qry = emb[:6], emb[6:]
+        mu = sup.mean(0)
+        s, q = center_on_support(sup, qry)
+        assert torch.allclose(s, torch.nn.functional.normalize(sup - mu, dim=-1))
+        assert torch.allclose(q, torch.nn.functional.normalize(qry - mu, dim=-1))
+        pred, d = episode_predictions(torch.cdist, emb, ep, center=True)
+        assert np.allclose(d, torch.cdist(q, s).numpy(), atol=1e-5) and np.array_equal(pred, d.argmin(1))
+        changed += not np.array_equal(pred, episode_predictions(torch.cdist, emb, ep)[0])
+    assert changed > 0  # centring is not a no-op
+    # two candidates: centring changes no decision
+    two = Episode(np.arange(2), np.arange(2)[:, None], np.arange(6, 8)[:, None])
+    for k in range(20):
+        e = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(k)), dim=-1)
+        assert np.array_equal(episode_predictions(torch.cdist, e, two)[0],
+                              episode_predictions(torch.cdist, e, two, center=True)[0])
+
+
 def test_rotated_classes_are_rotated_images():
     img = np.zeros((1, 6, 6), np.uint8)
     img[0, 0, :] = 255  # a bar along the top
@@ -225,8 +268,6 @@ def test_test_time_augmentation_is_fixed_per_image_and_off_at_zero():
     assert torch.allclose(embed_images(net, images[3:4], tta=4), aug[3:4], atol=1e-5)
     assert torch.allclose(embed_images(net, images, tta=4, batch_size=2), aug, atol=1e-5)
     # a saved model's embedding uses its stored views and distortion ranges
-    from types import SimpleNamespace
-
     from transferkit.tasks.siamese.oneshot import model_embed
 
     ranges = AffineRanges(rotate=5.0, shear=0.1, scale=(0.9, 1.1), translate=0.05, p=1.0, elastic=0.06)
@@ -394,6 +435,9 @@ def test_report_and_model_directory(trained):
     assert model.task == "siamese" and model.config["verification"]["threshold"] > 0
     assert sorted(model.config["class_names"]) == sorted(f"person{k:02d}" for k in range(16))
     assert len(model.config["training"]["val_classes"]) == 4
+    from transferkit.tasks.siamese.oneshot import model_center
+
+    assert model_center(model) and not model_center(SimpleNamespace(config={"siamese": {}}))  # older models: off
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert model.module(x).shape == (2, 32)

@@ -64,6 +64,9 @@ class SiameseConfig(TrainConfig):
     # --- sampling
     per_class: int = doc("images of each class in a batch (batch = batch_size / per_class classes)", 4)
     steps_per_epoch: int = doc("optimiser steps per epoch", 200)
+    alphabets_per_batch: int = doc("Omniglot: draw each batch's classes from this many random alphabets, so most "
+                                   "negatives are same-alphabet characters, as in one-shot runs (0: from all classes)",
+                                   0)
     rotations: Optional[bool] = doc("also train on each class rotated by 90/180/270 degrees as three new classes "
                                     "(None: on for Omniglot characters, off otherwise)", None)
     mirror: bool = doc("also train on the left-right mirror image of each class (and of its rotations) as new "
@@ -74,6 +77,9 @@ class SiameseConfig(TrainConfig):
     tta: int = doc("test-time augmentation, saved with the model: eval, calibrate and verify embed each image as "
                    "the mean over itself and this many fixed, seeded distortions of it (drawn from training's affine "
                    "ranges; 0: off)", 32)
+    center: bool = doc("one-shot episodes and runs (saved with the model; metric losses): compare embeddings after "
+                       "subtracting the mean embedding of the support set, i.e. what all candidates share, such as "
+                       "their alphabet's style", True)
     # --- Koch's affine distortions
     rotate: float = doc("augmentation: random rotation up to +-this many degrees", 10.0)
     shear: float = doc("augmentation: random shear up to +-this (Koch: 0.3)", 0.3)
@@ -102,6 +108,8 @@ class SiameseConfig(TrainConfig):
         if self.batch_size < 2 * self.per_class:
             raise TransferkitError(
                 f"--batch-size ({self.batch_size}) must hold at least two classes of --per-class {self.per_class} images.")
+        if self.alphabets_per_batch < 0:
+            raise TransferkitError(f"--alphabets-per-batch must be >= 0 (got {self.alphabets_per_batch}).")
         if self.steps_per_epoch < 1:
             raise TransferkitError(f"--steps-per-epoch must be at least 1 (got {self.steps_per_epoch}).")
         if not self.lr > 0:

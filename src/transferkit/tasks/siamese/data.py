@@ -291,9 +291,16 @@ class ClassBatchSampler:
     ``per_class`` images contributes all of them; classes with one image are
     never drawn (they have no positive).  With rotated or mirrored classes,
     one view of a base class at most per batch.
+
+    With ``groups`` (a group id per base class, e.g. its Omniglot alphabet)
+    and ``groups_per_batch`` > 0, each batch draws its classes from that many
+    random groups (topped up from the others when they hold too few), so
+    most negatives are same-alphabet characters: the hard cases of one-shot
+    runs, which stay inside one alphabet.
     """
 
-    def __init__(self, dataset: TrainImages, classes_per_batch: int, per_class: int, steps: int, seed: int = 0):
+    def __init__(self, dataset: TrainImages, classes_per_batch: int, per_class: int, steps: int, seed: int = 0,
+                 groups: Sequence[Any] | None = None, groups_per_batch: int = 0):
         self.per_class = per_class
         self.steps = steps
         self.seed = seed
@@ -305,6 +312,16 @@ class ClassBatchSampler:
         if len(self.base_classes) < 2:
             raise TransferkitError("Training needs at least two classes with two or more images each.")
         self.classes_per_batch = max(2, min(classes_per_batch, len(self.base_classes)))
+        self.group_members: list[np.ndarray] = []
+        if groups is not None and groups_per_batch > 0:
+            if len(groups) < dataset.n_base:
+                raise ValueError(f"groups has {len(groups)} entries for {dataset.n_base} classes")
+            by_group: dict[Any, list[int]] = {}
+            for c in self.base_classes:
+                by_group.setdefault(groups[c], []).append(c)
+            if len(by_group) > groups_per_batch:  # with no more groups than that, every batch is already "grouped"
+                self.group_members = [np.asarray(m) for _, m in sorted(by_group.items(), key=lambda kv: str(kv[0]))]
+        self.groups_per_batch = groups_per_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -316,7 +333,7 @@ class ClassBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch, _rank()])  # under DDP each process draws its own batches
         base = np.asarray(self.base_classes)
         for _ in range(self.steps):
-            chosen = rng.choice(base, self.classes_per_batch, replace=False)
+            chosen = self._grouped(rng) if self.group_members else rng.choice(base, self.classes_per_batch, replace=False)
             views = rng.integers(0, self.views, len(chosen))
             batch: list[int] = []
             for c, v in zip(chosen, views):
@@ -324,6 +341,16 @@ class ClassBatchSampler:
                 pick = rng.choice(m, min(self.per_class, len(m)), replace=False)
                 batch.extend(int(i) + int(v) * self.n for i in pick)
             yield batch
+
+
+    def _grouped(self, rng: np.random.Generator) -> np.ndarray:
+        """``classes_per_batch`` classes from ``groups_per_batch`` random groups, topped up from the rest."""
+        picked = rng.choice(len(self.group_members), self.groups_per_batch, replace=False)
+        pool = np.concatenate([self.group_members[g] for g in picked])
+        if len(pool) >= self.classes_per_batch:
+            return rng.choice(pool, self.classes_per_batch, replace=False)
+        rest = np.setdiff1d(np.asarray(self.base_classes), pool)
+        return np.concatenate([pool, rng.choice(rest, self.classes_per_batch - len(pool), replace=False)])
 
 
 def _rank() -> int:

@@ -2,7 +2,8 @@
 
 An episode draws ``way`` classes, ``shot`` support images and ``queries``
 query images of each (all distinct); each query is given the class whose
-support images are nearest on average.  Accuracy is the mean over all
+support images are nearest on average (optionally after re-centring the
+embeddings on the support set: :func:`center_on_support`).  Accuracy is the mean over all
 queries; the 95% interval is ``1.96 * sd(episode accuracies) / sqrt(episodes)``
 (the convention of the few-shot literature).
 
@@ -69,26 +70,49 @@ def sample_episodes(labels: np.ndarray, pool: Sequence[int], way: int, shot: int
     return out
 
 
-def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class row per query (way*queries,), distances (way*queries, way)) for one episode."""
+def center_on_support(support: Any, *others: Any) -> tuple[Any, ...]:
+    """Unit embeddings re-centred on the support set: ``normalize(e - mean(support))`` for each tensor.
+
+    The candidates of a one-shot task often share much (Lake's runs: one
+    alphabet, one style); their mean embedding is that shared part, and
+    removing it leaves the directions that tell them apart (SimpleShot,
+    Wang et al. 2019, centres on the training classes' mean; the support set
+    is the task's own labelled data, so this uses no query).  For two
+    candidates it changes no decision.
+    """
+    import torch.nn.functional as F
+
+    mu = support.mean(dim=0, keepdim=True)  # (1, D)
+    return tuple(F.normalize(t - mu, dim=-1) for t in (support, *others))
+
+
+def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode,
+                        center: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class row per query (way*queries,), distances (way*queries, way)) for one episode.
+
+    ``center``: distances of unit embeddings after :func:`center_on_support`.
+    """
     import torch
 
     way, shot = ep.support.shape
     sup = emb[torch.as_tensor(ep.support.reshape(-1))]
     qry = emb[torch.as_tensor(ep.query.reshape(-1))]
+    if center:
+        sup, qry = center_on_support(sup, qry)
     with torch.inference_mode():  # the pair head's learned distance would otherwise track gradients
         d = cdist(qry, sup).reshape(len(qry), way, shot).mean(dim=2)  # mean distance to each class's shots
     return d.argmin(dim=1).cpu().numpy(), d.cpu().numpy()
 
 
-def episode_accuracies(cdist: Callable[[Any, Any], Any], emb: Any, episodes: Sequence[Episode]) -> np.ndarray:
+def episode_accuracies(cdist: Callable[[Any, Any], Any], emb: Any, episodes: Sequence[Episode],
+                       center: bool = False) -> np.ndarray:
     """Accuracy of each episode (fraction of its queries given their own class)."""
     import torch
 
     accs = []
     with torch.inference_mode():
         for ep in episodes:
-            pred, _ = episode_predictions(cdist, emb, ep)
+            pred, _ = episode_predictions(cdist, emb, ep, center)
             truth = np.repeat(np.arange(ep.query.shape[0]), ep.query.shape[1])
             accs.append(float((pred == truth).mean()))
     return np.asarray(accs)

@@ -123,7 +123,8 @@ class SiameseModule(pl.LightningModule):
         emb = torch.cat(self._val_emb)
         self._val_emb = []
         if self.val_episodes:
-            acc = float(episode_accuracies(self.net.cdist, emb, self.val_episodes).mean())
+            center = self.cfg.center and self.net.kind == "metric"
+            acc = float(episode_accuracies(self.net.cdist, emb, self.val_episodes, center).mean())
             self.log("val_acc", acc, prog_bar=True)
 
     # ---------------------------------------------------------------- optimiser

@@ -4,6 +4,11 @@
   model never saw: every class of its training data is excluded, and for
   Omniglot every alphabet it was trained on.
 * :func:`evaluate_runs`: Lake et al.'s runs format.
+
+Both compare embeddings the way the model was saved to: with its
+test-time augmentation (``model_embed``) and, where stored, re-centred on
+the support set (``model_center``).  Calibration and verification use plain
+distances: a threshold must not depend on which gallery it is applied to.
 * :func:`calibrate`: a distance threshold from same / different pairs of
   held-out classes (EER, or a target false-accept rate), stored in the
   model's ``config.json``.
@@ -95,6 +100,11 @@ def model_embed(model: Any, images: np.ndarray):
     return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=AffineRanges(**aug))
 
 
+def model_center(model: Any) -> bool:
+    """Whether one-shot tasks re-centre the embeddings on their support set (off for models saved without it)."""
+    return bool(model.config.get("siamese", {}).get("center", False))
+
+
 def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
     """Classes of ``data`` the model never saw, and what was excluded.
 
@@ -152,7 +162,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
 
     emb = torch.zeros(len(ds), model.module.embedding_size)
     emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
-    accs = episode_accuracies(model.module.cdist, emb, eps)
+    accs = episode_accuracies(model.module.cdist, emb, eps, model_center(model))
     acc, ci = mean_ci95(accs)
     return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries, **info}
 
@@ -164,7 +174,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
         ``{"accuracy", "ci95", "episodes", "runs": [{"run", "accuracy", "n"}]}`` (ci95 over runs).
     """
     from transferkit.tasks.siamese.data import read_images
-    from transferkit.tasks.siamese.episodes import mean_ci95, read_runs
+    from transferkit.tasks.siamese.episodes import center_on_support, mean_ci95, read_runs
 
     model = load_siamese(run_dir)
     size, grey = input_size(model)
@@ -178,6 +188,8 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
             test_imgs, kept_test = read_images(run.test, size, grey, strict=True)
             e_train = model_embed(model, train_imgs)
             e_test = model_embed(model, test_imgs)
+            if model_center(model):
+                e_train, e_test = center_on_support(e_train, e_test)
             pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
             ok = int((pred == np.asarray(run.answers)).sum())
             per_run.append({"run": run.name, "accuracy": ok / len(run.test), "n": len(run.test)})

@@ -118,7 +118,9 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     module = SiameseModule(net, objective, cfg, val_eps, stages, frozen)
 
     ds = TrainImages(train.images, train.labels, rotations, cfg.mirror)
-    sampler = ClassBatchSampler(ds, cfg.batch_size // cfg.per_class, cfg.per_class, cfg.steps_per_epoch, cfg.seed)
+    alphabets = [train.group_of(c) for c in train.classes]  # None for class folders: no grouping
+    sampler = ClassBatchSampler(ds, cfg.batch_size // cfg.per_class, cfg.per_class, cfg.steps_per_epoch, cfg.seed,
+                                groups=alphabets if all(alphabets) else None, groups_per_batch=cfg.alphabets_per_batch)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
     vloader = val_loader(val.images) if val is not None else None
     monitor = "val_acc" if val_eps else None
@@ -143,12 +145,13 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
 
     verification: dict[str, Any] = {}
     val_acc = None
+    center = cfg.center and head == "metric"  # the pair head's L1 distance does not change under centring
     pictures: list[tuple[str, str]] = []
     if val is not None:
         from transferkit.tasks.siamese.episodes import episode_accuracies, episode_predictions
 
         emb = embed_images(net, val.images, tta=cfg.tta, ranges=module.ranges)
-        val_acc = float(episode_accuracies(net.cdist, emb, val_eps).mean())
+        val_acc = float(episode_accuracies(net.cdist, emb, val_eps, center).mean())
         d_same, d_diff = pair_distances(net, emb, val.labels, 2000, cfg.seed)
         if len(d_same) and len(d_diff):
             cal = choose_threshold(d_same, d_diff)
@@ -162,7 +165,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
                          ("roc.png", "ROC of verification on held-out classes.")]
         rows = []
         for ep in val_eps[:6]:
-            pred, d = episode_predictions(net.cdist, emb, ep)
+            pred, d = episode_predictions(net.cdist, emb, ep, center)
             q = 0  # first query of the episode
             order = np.argsort(d[q])
             rows.append((int(ep.query[q, 0]), [int(ep.support[k, 0]) for k in order], [float(d[q, k]) for k in order],
@@ -184,7 +187,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "preprocessing": Preprocessing(input_size=(3, size, size), interpolation="bilinear", crop_pct=1.0,
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
-                    "width": cfg.width, "grey": grey, "tta": cfg.tta,
+                    "width": cfg.width, "grey": grey, "tta": cfg.tta, "center": center,
                     "augment": dataclasses.asdict(module.ranges), "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
