@@ -26,7 +26,8 @@ flags-free ``siamese fit DATA --out RUN``), ``contrastive``, ``pair``,
 ``conv4`` (Prototypical Networks' CNN at 28 px); ``--budget MIN`` gives the
 non-default ones a time budget.  ``ABLATION`` holds the step-budgeted runs
 that chose the defaults (e.g. ``--configs supcon-1200,contrastive-1200``).  Evaluation embeds with the test-time
-augmentation each model was saved with (``--tta``, 32 views by default).
+augmentation each model was saved with (``--tta``, 32 views by default) and, where saved,
+the support-set centring (``--center``).
 """
 
 from __future__ import annotations

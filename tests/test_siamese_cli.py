@@ -60,6 +60,10 @@ def test_fit_eval_calibrate_verify(cli, people, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {"accuracy", "ci95", "episodes"} <= set(res) and res["episodes"] == 40 and 0 <= res["accuracy"] <= 1
+    assert res["center"] is True  # saved with the model by fit (--center is the default)
+    code, out, _ = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "40", "--json",
+                        "--no-center")
+    assert code == 0 and json.loads(out)["center"] is False and json.loads(out)["episodes"] == 40
     code, out, _ = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "40")
     assert code == 0 and "5-way 1-shot accuracy" in out and "95% CI" in out
 
@@ -106,6 +110,9 @@ def test_runs_format_and_resume(people, tmp_path):
     code, out, _ = main("siamese", "eval", run, "--runs", tmp_path / "runs", "--json")
     res = json.loads(out)
     assert res["episodes"] == 3 and len(res["runs"]) == 3 and 0 <= res["accuracy"] <= 1 and "ci95" in res
+    assert res["center"] is True
+    code, out, _ = main("siamese", "eval", run, "--runs", tmp_path / "runs", "--json", "--no-center")
+    assert code == 0 and json.loads(out)["center"] is False
 
 
 def test_bad_input_gets_one_clear_line(cli, people, tmp_path):

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--queries", type=int, default=1, help="query images per class and episode (default: 1)")
     q.add_argument("--episodes", type=int, default=400, help="number of episodes (default: 400)")
     q.add_argument("--seed", type=int, default=0, help="seed of the episodes (default: 0)")
+    q.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-centre the embeddings on each episode's support set (each run's training images) before "
+                        "comparing them (default: as the model was saved by `fit --center/--no-center`)")
     q.add_argument("--json", action="store_true", help='print {"accuracy": ..., "ci95": ..., "episodes": ...} as JSON')
     q.set_defaults(func=run_eval)
 
@@ -147,7 +150,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.runs:
         if args.data:
             raise TransferkitError("Give either DATA or --runs DIR, not both.")
-        res = evaluate_runs(args.run, args.runs)
+        res = evaluate_runs(args.run, args.runs, center=args.center)
         if args.json:
             print(json.dumps(res))
             return 0
@@ -158,7 +161,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise TransferkitError("Give DATA to draw episodes from, or --runs DIR.")
     res = evaluate(args.run, args.data, way=args.way, shot=args.shot, episodes=args.episodes, queries=args.queries,
-                   seed=args.seed)
+                   seed=args.seed, center=args.center)
     if args.json:
         print(json.dumps(res))
         return 0

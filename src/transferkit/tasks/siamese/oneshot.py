@@ -100,9 +100,16 @@ def model_embed(model: Any, images: np.ndarray):
     return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=AffineRanges(**aug))
 
 
-def model_center(model: Any) -> bool:
-    """Whether one-shot tasks re-centre the embeddings on their support set (off for models saved without it)."""
-    return bool(model.config.get("siamese", {}).get("center", False))
+def model_center(model: Any, override: bool | None = None) -> bool:
+    """Whether one-shot tasks re-centre the embeddings on their support set.
+
+    The model's stored setting (off for models saved without one) unless
+    ``override`` says otherwise; never for Koch's pair head, whose learned
+    distance takes its sigmoid features as they are.
+    """
+    stored = bool(model.config.get("siamese", {}).get("center", False))
+    wanted = stored if override is None else bool(override)
+    return wanted and model.config.get("siamese", {}).get("head") != "pair"
 
 
 def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
@@ -136,11 +143,13 @@ def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20, shot: int = 1, episodes: int = 400,
-             queries: int = 1, seed: int = 0) -> dict[str, Any]:
+             queries: int = 1, seed: int = 0, center: bool | None = None) -> dict[str, Any]:
     """N-way k-shot accuracy on classes of ``data`` the model never saw.
 
+    ``center``: re-centre on each episode's support set (None: as the model was saved).
+
     Returns:
-        ``{"accuracy", "ci95", "episodes", "way", "shot", "queries", "classes", "excluded_classes",
+        ``{"accuracy", "ci95", "episodes", "way", "shot", "queries", "center", "classes", "excluded_classes",
         "excluded_alphabets", "alphabets"}``.
     """
     from transferkit.tasks.siamese.data import load_image_set
@@ -162,16 +171,20 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
 
     emb = torch.zeros(len(ds), model.module.embedding_size)
     emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
-    accs = episode_accuracies(model.module.cdist, emb, eps, model_center(model))
+    centred = model_center(model, center)
+    accs = episode_accuracies(model.module.cdist, emb, eps, centred)
     acc, ci = mean_ci95(accs)
-    return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries, **info}
+    return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries,
+            "center": centred, **info}
 
 
-def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> dict[str, Any]:
+def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, center: bool | None = None) -> dict[str, Any]:
     """Accuracy per run and overall on Lake et al.'s one-shot runs format.
 
+    ``center``: re-centre on each run's training images (None: as the model was saved).
+
     Returns:
-        ``{"accuracy", "ci95", "episodes", "runs": [{"run", "accuracy", "n"}]}`` (ci95 over runs).
+        ``{"accuracy", "ci95", "episodes", "center", "runs": [{"run", "accuracy", "n"}]}`` (ci95 over runs).
     """
     from transferkit.tasks.siamese.data import read_images
     from transferkit.tasks.siamese.episodes import center_on_support, mean_ci95, read_runs
@@ -179,6 +192,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
     model = load_siamese(run_dir)
     size, grey = input_size(model)
     runs = read_runs(runs_dir)
+    centred = model_center(model, center)
     per_run, correct, total = [], 0, 0
     import torch
 
@@ -188,7 +202,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
             test_imgs, kept_test = read_images(run.test, size, grey, strict=True)
             e_train = model_embed(model, train_imgs)
             e_test = model_embed(model, test_imgs)
-            if model_center(model):
+            if centred:
                 e_train, e_test = center_on_support(e_train, e_test)
             pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
             ok = int((pred == np.asarray(run.answers)).sum())
@@ -196,7 +210,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike) -> di
             correct += ok
             total += len(run.test)
     _, ci = mean_ci95([r["accuracy"] for r in per_run])
-    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), "runs": per_run}
+    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), "center": centred, "runs": per_run}
 
 
 # --------------------------------------------------------------------------- calibration
