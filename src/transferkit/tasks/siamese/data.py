@@ -342,7 +342,6 @@ class ClassBatchSampler:
                 batch.extend(int(i) + int(v) * self.n for i in pick)
             yield batch
 
-
     def _grouped(self, rng: np.random.Generator) -> np.ndarray:
         """``classes_per_batch`` classes from ``groups_per_batch`` random groups, topped up from the rest."""
         picked = rng.choice(len(self.group_members), self.groups_per_batch, replace=False)

@@ -78,7 +78,7 @@ def center_on_support(support: Any, *others: Any) -> tuple[Any, ...]:
     removing it leaves the directions that tell them apart (SimpleShot,
     Wang et al. 2019, centres on the training classes' mean; the support set
     is the task's own labelled data, so this uses no query).  For two
-    candidates it changes no decision.
+    one-shot candidates it changes no decision.
     """
     import torch.nn.functional as F
 

@@ -4,15 +4,15 @@
   model never saw: every class of its training data is excluded, and for
   Omniglot every alphabet it was trained on.
 * :func:`evaluate_runs`: Lake et al.'s runs format.
-
-Both compare embeddings the way the model was saved to: with its
-test-time augmentation (``model_embed``) and, where stored, re-centred on
-the support set (``model_center``).  Calibration and verification use plain
-distances: a threshold must not depend on which gallery it is applied to.
 * :func:`calibrate`: a distance threshold from same / different pairs of
   held-out classes (EER, or a target false-accept rate), stored in the
   model's ``config.json``.
 * :func:`verify`: nearest gallery identity, distance and match decision.
+
+``evaluate`` and ``evaluate_runs`` compare embeddings the way the model was saved to: with its
+test-time augmentation (``model_embed``) and, where stored, re-centred on
+the support set (``model_center``).  Calibration and verification use plain
+distances: a threshold must not depend on which gallery it is applied to.
 """
 
 from __future__ import annotations
