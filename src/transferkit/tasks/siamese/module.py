@@ -51,6 +51,8 @@ class SiameseModule(pl.LightningModule):
         self.stages = list(stages)
         self.frozen = frozen
         self.ranges = AffineRanges(cfg.rotate, cfg.shear, tuple(cfg.scale), cfg.translate, cfg.augment_p, cfg.elastic)
+        # one-shot episodes re-centred on their support set (--center); the pair head's L1 distance would not change
+        self.center = cfg.center and net.kind == "metric"
         self.total_steps = max(1, cfg.epochs * cfg.steps_per_epoch)
         self.elapsed_before = 0.0  # training seconds of earlier sessions (resume)
         self._t0: float | None = None
@@ -123,8 +125,7 @@ class SiameseModule(pl.LightningModule):
         emb = torch.cat(self._val_emb)
         self._val_emb = []
         if self.val_episodes:
-            center = self.cfg.center and self.net.kind == "metric"
-            acc = float(episode_accuracies(self.net.cdist, emb, self.val_episodes, center).mean())
+            acc = float(episode_accuracies(self.net.cdist, emb, self.val_episodes, self.center).mean())
             self.log("val_acc", acc, prog_bar=True)
 
     # ---------------------------------------------------------------- optimiser

@@ -145,13 +145,12 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
 
     verification: dict[str, Any] = {}
     val_acc = None
-    center = cfg.center and head == "metric"  # the pair head's L1 distance does not change under centring
     pictures: list[tuple[str, str]] = []
     if val is not None:
         from transferkit.tasks.siamese.episodes import episode_accuracies, episode_predictions
 
         emb = embed_images(net, val.images, tta=cfg.tta, ranges=module.ranges)
-        val_acc = float(episode_accuracies(net.cdist, emb, val_eps, center).mean())
+        val_acc = float(episode_accuracies(net.cdist, emb, val_eps, module.center).mean())
         d_same, d_diff = pair_distances(net, emb, val.labels, 2000, cfg.seed)
         if len(d_same) and len(d_diff):
             cal = choose_threshold(d_same, d_diff)
@@ -165,7 +164,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
                          ("roc.png", "ROC of verification on held-out classes.")]
         rows = []
         for ep in val_eps[:6]:
-            pred, d = episode_predictions(net.cdist, emb, ep, center)
+            pred, d = episode_predictions(net.cdist, emb, ep, module.center)
             q = 0  # first query of the episode
             order = np.argsort(d[q])
             rows.append((int(ep.query[q, 0]), [int(ep.support[k, 0]) for k in order], [float(d[q, k]) for k in order],
@@ -187,7 +186,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "preprocessing": Preprocessing(input_size=(3, size, size), interpolation="bilinear", crop_pct=1.0,
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
-                    "width": cfg.width, "grey": grey, "tta": cfg.tta, "center": center,
+                    "width": cfg.width, "grey": grey, "tta": cfg.tta, "center": module.center,
                     "augment": dataclasses.asdict(module.ranges), "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
