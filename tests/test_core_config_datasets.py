@@ -219,6 +219,36 @@ def test_lightning_engine_trains_checkpoints_and_resumes(tmp_path):
     assert m["val_loss"][-1][1] < m["val_loss"][0][1]
 
 
+def test_metrics_csv_survives_a_crash_while_its_header_grows(tmp_path, monkeypatch):
+    # A new metric makes the CSV writer rewrite the whole file with a wider header. A run killed
+    # during that rewrite must keep the rows it had (Lightning's writer truncates first, then writes).
+    import csv
+
+    from transferkit.core import engine
+
+    log = engine.csv_logger(tmp_path)
+    log.log_metrics({"val_acc": 0.5, "epoch": 0}, step=0)
+    log.save()
+    before = (tmp_path / "metrics.csv").read_text()
+    assert "val_acc" in before
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed mid-rewrite")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    log.log_metrics({"train_loss_step": 1.0, "epoch": 1}, step=9)
+    with pytest.raises(KeyboardInterrupt):
+        log.save()
+    assert (tmp_path / "metrics.csv").read_text() == before
+    monkeypatch.undo()
+    log = engine.csv_logger(tmp_path)  # the run resumed: the file continues, with the wider header
+    log.log_metrics({"train_loss_step": 1.0, "epoch": 1}, step=9)
+    log.save()
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["val_acc"] for r in rows] == ["0.5", ""] and rows[1]["train_loss_step"] == "1.0"
+
+
 def test_report_is_self_contained(tmp_path):
     from transferkit.core.report import Report, confusion_figure, image_grid, plot_curves
 

@@ -194,17 +194,32 @@ def csv_logger(run_dir: str | os.PathLike):
     """Lightning's CSVLogger writing ``run_dir/metrics.csv``, continuing the file when a run resumes.
 
     Lightning's own writer deletes an existing metrics.csv; a resumed run would
-    then lose the curves of its first epochs.
+    then lose the curves of its first epochs. It also rewrites the whole file in
+    place when a new metric appears (a new header): a run killed during that
+    rewrite lost every row written so far. Here the rewrite is atomic.
     """
+    import io
+
     from lightning.fabric.loggers.logger import rank_zero_experiment
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from transferkit.core.modeldir import atomic_write_text
 
     class AppendingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
             if os.path.isfile(self.metrics_file_path):
                 with open(self.metrics_file_path, newline="") as f:
                     self.metrics_keys = sorted(next(csv.reader(f), []))
+
+        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+            with open(self.metrics_file_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            buf = io.StringIO(newline="")
+            writer = csv.DictWriter(buf, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.metrics_file_path, buf.getvalue())
 
     class Logger(CSVLogger):
         @property
