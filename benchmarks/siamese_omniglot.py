@@ -70,6 +70,9 @@ ABLATION = {
     # the defaults with one change, within the default 25-minute budget
     "elastic-0.1": ["--elastic", "0.1"],
     "size-64": ["--image-size", "64"],
+    # the ink crop with and without, at equal steps (two at a time, one thread each)
+    "crop-ink-4400": ["--epochs", "22", *STEPS],
+    "no-crop-ink-4400": ["--no-crop-ink", "--epochs", "22", *STEPS],
 }
 CONFIGS.update(ABLATION)
 
@@ -84,8 +87,8 @@ def unseen_episodes(small1: Path, small2: Path, size: int, seed: int = 0, n: int
     from transferkit.tasks.siamese.data import load_image_set
     from transferkit.tasks.siamese.episodes import sample_episodes
 
-    train_alphabets = {c.split("/")[0] for c in load_image_set(small1, 28).classes}
-    ds = load_image_set(small2, size)
+    train_alphabets = {c.split("/")[0] for c in load_image_set(small1, 28, ink=False).classes}
+    ds = load_image_set(small2, size, ink=False)  # the drawings as they are: the runs and the baselines see them whole
     keep = [k for k, c in enumerate(ds.classes) if ds.group_of(c) not in train_alphabets]
     return ds, keep, sample_episodes(ds.labels, keep, 20, 1, 1, n, seed)
 

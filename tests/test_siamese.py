@@ -16,7 +16,8 @@ from transferkit.errors import TransferkitError
 from transferkit.tasks.siamese import SiameseConfig, calibrate, evaluate, evaluate_runs, fit, verify
 from transferkit.tasks.siamese.thresholds import choose_threshold, verification_pairs
 from transferkit.tasks.siamese.data import (
-    AffineRanges, ClassBatchSampler, ImageSet, TrainImages, balanced_pairs, elastic_field, load_image_set, random_affine)
+    AffineRanges, ClassBatchSampler, ImageSet, TrainImages, balanced_pairs, crop_to_ink, elastic_field, load_image_set,
+    random_affine, read_images)
 from transferkit.tasks.siamese.episodes import mean_ci95, read_runs, sample_episodes, write_runs
 from transferkit.tasks.siamese.oneshot import seen_filter
 from transferkit.tasks.siamese.losses import make_objective
@@ -380,6 +381,48 @@ def test_data_layouts(tmp_path, faces):
                 Image.new("L", (105, 105), 255).save(omni / a / c / f"x_{k:02d}.png")
     ds = load_image_set(omni, 52)
     assert ds.kind == "omniglot" and ds.classes[0] == "Alpha/character01" and ds.group_of(ds.classes[3]) == "Beta"
+    assert ds.ink_cropped and not load_image_set(omni, 52, ink=False).ink_cropped  # characters: cropped by default
+    assert not load_image_set(faces["train"], 24).ink_cropped  # class folders: only when asked
+    assert load_image_set(faces["train"], 24, ink=True).ink_cropped
+
+
+def drawn_l(box: tuple[int, int, int, int], size: int = 105) -> Image.Image:
+    """A black 'L' on white inside ``box`` (left, top, right, bottom): a character as one drawer placed it."""
+    img = Image.new("L", (size, size), 255)
+    d = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = box
+    w = max(2, (x1 - x0) // 6)
+    d.rectangle([x0, y0, x0 + w, y1], fill=0)
+    d.rectangle([x0, y1 - w, x1, y1], fill=0)
+    return img
+
+
+def test_crop_to_ink_removes_position_and_size_but_keeps_shape(tmp_path):
+    small_left = np.asarray(drawn_l((10, 15, 40, 75)))  # 30 x 60 ink, near the top-left
+    big_right = np.asarray(drawn_l((45, 10, 90, 100)))  # 45 x 90 ink, elsewhere: the same character, larger
+    a, b = crop_to_ink(small_left), crop_to_ink(big_right)
+    assert a.shape[0] == a.shape[1] and b.shape[0] == b.shape[1]  # squares around the ink
+    assert a.shape[0] == pytest.approx(60 * 1.16 + 2, abs=2)  # the longer side plus the margins
+    from transferkit.tasks.siamese.data import _resize
+
+    ra, rb = _resize(a, 32).astype(float), _resize(b, 32).astype(float)
+    raw_a, raw_b = _resize(small_left, 32).astype(float), _resize(big_right, 32).astype(float)
+    assert np.abs(ra - rb).mean() < 0.25 * np.abs(raw_a - raw_b).mean()  # nearly the same picture once cropped
+    ink = np.argwhere(ra < 128)
+    height, width = np.ptp(ink, axis=0) + 1
+    assert 1.6 < height / width < 2.4  # the aspect ratio (2:1) is kept, not squashed to a square
+    blank = np.full((105, 105), 255, np.uint8)
+    assert crop_to_ink(blank) is blank
+    # white ink on black: the background is whatever the border is
+    inverted = 255 - big_right
+    assert np.array_equal(crop_to_ink(inverted), 255 - b)
+    # files: read_images crops only when asked, and only grey images
+    drawn_l((45, 10, 90, 100)).save(tmp_path / "l.png")
+    plain, _ = read_images([tmp_path / "l.png"], 32, grey=True)
+    cropped, _ = read_images([tmp_path / "l.png"], 32, grey=True, ink=True)
+    assert np.array_equal(cropped[0], _resize(b, 32)) and not np.array_equal(plain[0], cropped[0])
+    colour, _ = read_images([tmp_path / "l.png"], 32, grey=False, ink=True)
+    assert np.array_equal(colour[0, ..., 0], plain[0])
 
 
 def test_trained_model_beats_chance_on_unseen_identities(trained, faces):
@@ -438,6 +481,11 @@ def test_report_and_model_directory(trained):
     from transferkit.tasks.siamese.oneshot import model_center
 
     assert model_center(model) and not model_center(SimpleNamespace(config={"siamese": {}}))  # older models: off
+    from transferkit.tasks.siamese.oneshot import image_format
+
+    assert image_format(model) == (32, True, False)  # faces in class folders: not cropped to ink
+    old = SimpleNamespace(config={"preprocessing": model.config["preprocessing"], "siamese": {"grey": True}})
+    assert image_format(old) == (32, True, False)  # models saved before --crop-ink read images whole
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert model.module(x).shape == (2, 32)

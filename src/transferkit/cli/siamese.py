@@ -212,7 +212,8 @@ def run_make_runs(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TransferkitError(f"{out} already exists and is not empty; choose a new folder.")
-    ds = load_image_set(args.data, 105)  # Omniglot's own size (Lake's runs are 105x105); other images are squashed to it
+    # the drawings as they are, at Omniglot's own size (Lake's runs are 105x105); other images are squashed to it
+    ds = load_image_set(args.data, 105, ink=False)
     pool = list(range(len(ds.classes)))
     if args.exclude:
         from transferkit.tasks.siamese.oneshot import load_siamese, seen_filter

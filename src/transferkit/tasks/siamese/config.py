@@ -53,6 +53,9 @@ class SiameseConfig(TrainConfig):
     width: float = doc("small-cnn: channel width multiplier (1: 32,64,64,128; 2: Koch's 64,128,128,256)", 1.0)
     image_size: Optional[int] = doc("input side in pixels (None: 52 for small-cnn, the weights' own for pretrained)", None)
     grey: Optional[bool] = doc("read images as grey (None: grey for Omniglot or all-grey data, else colour)", None)
+    crop_ink: Optional[bool] = doc("grey drawings (characters, signatures): crop each image to the square around its "
+                                   "ink before resizing, so where and how large it was drawn does not matter (saved "
+                                   "with the model; None: on for Omniglot)", None)
     # --- freezing (pretrained encoders), as in `classify`
     freeze_to: Optional[int] = doc(
         "pretrained encoders: bottom stages kept frozen (0: none; None: the whole backbone, only the projection "

@@ -2,7 +2,9 @@
 
 * :func:`load_image_set` reads DATA (a folder with one subfolder per class,
   or the Omniglot layout ``alphabet/character/*.png`` from a folder or the
-  official ``.zip`` files) into one uint8 array at the model's input size.
+  official ``.zip`` files) into one uint8 array at the model's input size;
+  drawings can first be cropped to their ink (:func:`crop_to_ink`), so that
+  where on the page and how large a character was drawn no longer matters.
 * :class:`ClassBatchSampler` draws each batch as ``P`` classes x ``K``
   images, so every batch holds same-class pairs for the losses and miners;
   rotated or mirrored copies of a class (``--rotations``, ``--mirror``)
@@ -47,6 +49,7 @@ class ImageSet:
         kind: ``omniglot`` or ``folders``.
         names: a short name per image (its file, or ``class#k`` inside a zip).
         source: where it was read from.
+        ink_cropped: whether each image was cropped to its ink (:func:`crop_to_ink`).
     """
 
     images: np.ndarray
@@ -55,6 +58,7 @@ class ImageSet:
     kind: str
     names: list[str] = field(default_factory=list)
     source: str = ""
+    ink_cropped: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,6 +80,7 @@ class ImageSet:
         return ImageSet(
             self.images[idx], np.asarray([remap[int(c)] for c in self.labels[idx]], dtype=np.int64),
             [self.classes[c] for c in keep], self.kind, [self.names[i] for i in idx] if self.names else [], self.source,
+            self.ink_cropped,
         )
 
     def counts(self) -> np.ndarray:
@@ -97,23 +102,68 @@ def _is_omniglot_folder(path: Path) -> bool:
     return True
 
 
-def _to_array(img: Any, size: int, grey: bool) -> np.ndarray:
-    """A PIL image as uint8 (size, size) grey or (size, size, 3) RGB, squashed to a square (bilinear)."""
+INK_MARGIN = 0.08  # blank border kept around the ink's bounding box, as a fraction of its longer side
+
+
+def crop_to_ink(img: np.ndarray, margin: float = INK_MARGIN) -> np.ndarray:
+    """The square around a drawing's ink, at full resolution: uint8 (H, W) -> (S, S).
+
+    The background is the median of the border pixels, ink is anything more
+    than 64 grey levels away from it. The square is centred on the ink's
+    bounding box, its side the box's longer side plus ``margin`` on each side
+    (the aspect ratio is kept), padded with background where it leaves the
+    image. Two drawings of one character by different people then fill the
+    frame alike: position and size, which say nothing about the character,
+    are gone, and the network sees the strokes at a higher resolution. An
+    image without ink is returned unchanged.
+    """
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    background = int(np.median(border))
+    ys, xs = np.nonzero(np.abs(img.astype(np.int16) - background) > 64)
+    if len(ys) == 0:
+        return img
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = int(round(max(y1 - y0, x1 - x0) * (1 + 2 * margin))) + 2
+    top = int(round((y0 + y1 - side) / 2))
+    left = int(round((x0 + x1 - side) / 2))
+    out = np.full((side, side), background, np.uint8)
+    h, w = img.shape
+    sy0, sy1, sx0, sx1 = max(0, top), min(h, top + side), max(0, left), min(w, left + side)
+    out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
+    if img.shape[:2] == (size, size):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _to_array(img: Any, size: int, grey: bool, ink: bool = False) -> np.ndarray:
+    """A PIL image as uint8 (size, size) grey or (size, size, 3) RGB, squashed to a square (bilinear).
+
+    ``ink``: grey images are first cropped to their ink (:func:`crop_to_ink`).
+    """
     from transferkit.core.images import to_rgb
 
     if grey:
         img = img.convert("L") if img.mode in ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK") else to_rgb(img).convert("L")
     else:
         img = to_rgb(img)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    arr = np.asarray(img, dtype=np.uint8)
+    if ink and grey:
+        arr = crop_to_ink(arr)
+    return _resize(arr, size)
 
 
-def read_images(paths: Sequence[str | os.PathLike], size: int, grey: bool, strict: bool = False) -> tuple[np.ndarray, list[Path]]:
-    """Decode image files at ``size`` (bad files skipped with a warning line each); returns (array, kept paths)."""
+def read_images(paths: Sequence[str | os.PathLike], size: int, grey: bool, strict: bool = False,
+                ink: bool = False) -> tuple[np.ndarray, list[Path]]:
+    """Decode image files at ``size`` (bad files skipped with a warning line each); returns (array, kept paths).
+
+    ``ink``: grey images are cropped to their ink first (:func:`crop_to_ink`).
+    """
     from transferkit.core.images import SkipLog, read_image
 
     skips = SkipLog(strict=strict)
@@ -124,7 +174,7 @@ def read_images(paths: Sequence[str | os.PathLike], size: int, grey: bool, stric
         except ImageReadError as err:
             skips.add(err)
             continue
-        out.append(_to_array(img, size, grey))
+        out.append(_to_array(img, size, grey, ink))
         kept.append(Path(p))
     note = skips.summary()
     if note and len(skips.skipped) > 1:
@@ -134,12 +184,14 @@ def read_images(paths: Sequence[str | os.PathLike], size: int, grey: bool, stric
     return np.stack(out), kept
 
 
-def load_image_set(data: str | os.PathLike, size: int, grey: bool | None = None) -> ImageSet:
+def load_image_set(data: str | os.PathLike, size: int, grey: bool | None = None, ink: bool | None = None) -> ImageSet:
     """Read DATA at ``size`` x ``size``: class folders, or Omniglot (folder, ``.zip``, or a folder of zips).
 
     Args:
         grey: force grey (True) or colour (False); None decides: grey for
             Omniglot, and for class folders whose images are all grey.
+        ink: crop grey images to their ink before resizing (:func:`crop_to_ink`);
+            None decides: on for Omniglot. ``ImageSet.ink_cropped`` says what was done.
     """
     from transferkit.core.datasets import load_omniglot, scan_class_folders
 
@@ -147,15 +199,17 @@ def load_image_set(data: str | os.PathLike, size: int, grey: bool | None = None)
     if not path.exists():
         raise TransferkitError(f"No such file or folder: {data}")
     if (path.is_file() and path.suffix.lower() == ".zip") or (path.is_dir() and _is_omniglot_folder(path)):
-        om = load_omniglot(path, size=size)
-        images = om.images if grey in (None, True) else np.repeat(om.images[..., None], 3, axis=-1)
+        crop = ink is not False and grey in (None, True)
+        om = load_omniglot(path, size=None if crop else size)
+        images = np.stack([_resize(crop_to_ink(a), size) for a in om.images]) if crop else om.images
+        images = images if grey in (None, True) else np.repeat(images[..., None], 3, axis=-1)
         counters: dict[int, int] = {}
         names = []
         for y in om.labels:
             k = counters.get(int(y), 0)
             counters[int(y)] = k + 1
             names.append(f"{om.classes[int(y)]}#{k + 1:02d}")
-        return ImageSet(images, om.labels, list(om.classes), "omniglot", names, str(path))
+        return ImageSet(images, om.labels, list(om.classes), "omniglot", names, str(path), crop)
     if path.is_file():
         raise TransferkitError(f"{data} is a file; give a folder with one subfolder per class, or Omniglot .zip files.")
     files = scan_class_folders(path)
@@ -163,12 +217,13 @@ def load_image_set(data: str | os.PathLike, size: int, grey: bool | None = None)
         raise TransferkitError(f"No images found in {data}.")
     if grey is None:
         grey = _all_grey(files.paths)
-    images, kept = read_images(files.paths, size, grey)
+    crop = bool(ink) and grey
+    images, kept = read_images(files.paths, size, grey, ink=crop)
     label_of = dict(zip(files.paths, files.labels))
     labels = np.asarray([label_of[p] for p in kept], dtype=np.int64)
     if len(labels) == 0:
         raise TransferkitError(f"None of the images in {data} could be read.")
-    return ImageSet(images, labels, list(files.classes), "folders", [str(p) for p in kept], str(path))
+    return ImageSet(images, labels, list(files.classes), "folders", [str(p) for p in kept], str(path), crop)
 
 
 def _all_grey(paths: Sequence[Path], limit: int = 200) -> bool:

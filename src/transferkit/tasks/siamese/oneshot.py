@@ -51,10 +51,11 @@ def load_siamese(run_or_model: str | os.PathLike):
     return model
 
 
-def input_size(model: Any) -> tuple[int, bool]:
-    """(side in pixels, grey) the model's images are read at."""
+def image_format(model: Any) -> tuple[int, bool, bool]:
+    """(side in pixels, grey, cropped to the ink) of the images the model was trained on; read others alike."""
     pre = model.config["preprocessing"]
-    return int(pre["input_size"][-1]), bool(model.config["siamese"]["grey"])
+    sia = model.config["siamese"]
+    return int(pre["input_size"][-1]), bool(sia["grey"]), bool(sia.get("ink", False))  # models before --crop-ink: no
 
 
 def embed_images(net: Any, images: np.ndarray, batch_size: int = 256, tta: int = 0, ranges: Any = None):
@@ -158,8 +159,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
     if way < 2 or shot < 1 or episodes < 1 or queries < 1:
         raise TransferkitError("--way must be >= 2, and --shot, --episodes and --queries >= 1.")
     model = load_siamese(run_dir)
-    size, grey = input_size(model)
-    ds = load_image_set(data, size, grey)
+    size, grey, ink = image_format(model)
+    ds = load_image_set(data, size, grey, ink)
     keep, info = seen_filter(model, ds)
     if len(keep) < way:
         raise TransferkitError(
@@ -190,7 +191,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, cente
     from transferkit.tasks.siamese.episodes import center_on_support, mean_ci95, read_runs
 
     model = load_siamese(run_dir)
-    size, grey = input_size(model)
+    size, grey, ink = image_format(model)
     runs = read_runs(runs_dir)
     centred = model_center(model, center)
     per_run, correct, total = [], 0, 0
@@ -198,8 +199,8 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, cente
 
     with torch.inference_mode():
         for run in runs:
-            train_imgs, kept_train = read_images(run.training, size, grey, strict=True)
-            test_imgs, kept_test = read_images(run.test, size, grey, strict=True)
+            train_imgs, kept_train = read_images(run.training, size, grey, strict=True, ink=ink)
+            test_imgs, kept_test = read_images(run.test, size, grey, strict=True, ink=ink)
             e_train = model_embed(model, train_imgs)
             e_test = model_embed(model, test_imgs)
             if centred:
@@ -246,8 +247,8 @@ def calibrate(run_dir: str | os.PathLike, data: str | os.PathLike, target_far: f
     if pairs < 1:
         raise TransferkitError(f"--pairs must be at least 1 (got {pairs}).")
     model = load_siamese(run_dir)
-    size, grey = input_size(model)
-    ds = load_image_set(data, size, grey)
+    size, grey, ink = image_format(model)
+    ds = load_image_set(data, size, grey, ink)
     keep, info = seen_filter(model, ds)
     note = None
     if len(keep) >= 2:
@@ -279,7 +280,7 @@ def calibrate(run_dir: str | os.PathLike, data: str | os.PathLike, target_far: f
 # --------------------------------------------------------------------------- verification
 
 
-def read_gallery(gallery: str | os.PathLike, size: int, grey: bool) -> tuple[np.ndarray, list[str], list[str]]:
+def read_gallery(gallery: str | os.PathLike, size: int, grey: bool, ink: bool = False) -> tuple[np.ndarray, list[str], list[str]]:
     """Gallery images, their identities and file names.
 
     A gallery is a folder with one subfolder per identity (one or more images
@@ -303,7 +304,7 @@ def read_gallery(gallery: str | os.PathLike, size: int, grey: bool) -> tuple[np.
             entries.append((p, p.stem))
     if not entries:
         raise TransferkitError(f"The gallery {gallery} holds no images (one subfolder per identity, or image files).")
-    images, kept = read_images([p for p, _ in entries], size, grey)
+    images, kept = read_images([p for p, _ in entries], size, grey, ink=ink)
     ident = dict(entries)
     if not kept:
         raise TransferkitError(f"None of the gallery images in {gallery} could be read.")
@@ -333,10 +334,10 @@ def verify(run_dir: str | os.PathLike, gallery: str | os.PathLike, images: Seque
                 f"{run_dir} has no verification threshold yet: run `transferkit siamese calibrate {run_dir} DATA` "
                 "first, or give --threshold.")
         threshold = float(stored["threshold"])
-    size, grey = input_size(model)
-    g_images, g_ids, _ = read_gallery(gallery, size, grey)
+    size, grey, ink = image_format(model)
+    g_images, g_ids, _ = read_gallery(gallery, size, grey, ink)
     paths = list_images(images)
-    q_images, kept = read_images(paths, size, grey)
+    q_images, kept = read_images(paths, size, grey, ink=ink)
     if not kept:
         raise TransferkitError("None of the images to verify could be read.")
     g_emb = model_embed(model, g_images)

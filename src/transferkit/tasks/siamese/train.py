@@ -76,14 +76,14 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     # ---- encoder and data (a pretrained encoder's weights decide the input size); all errors before the run folder
     if scratch:
         size = cfg.image_size or (SMALL_CNN_SIZE if cfg.encoder == SMALL_CNN else 32)
-        data_set = load_image_set(data, size, cfg.grey)
+        data_set = load_image_set(data, size, cfg.grey, cfg.crop_ink)
         check_trainable(data_set, str(data))
         in_chans = 1 if data_set.grey else 3
         encoder, pre = make_encoder(cfg.encoder, in_chans, size, cfg.embedding, cfg.width)
     else:
         encoder, pre = make_encoder(cfg.encoder, 3, 0, cfg.embedding, weights=cfg.weights)
         size = cfg.image_size or int(pre.input_size[-1])
-        data_set = load_image_set(data, size, cfg.grey)
+        data_set = load_image_set(data, size, cfg.grey, cfg.crop_ink)
         check_trainable(data_set, str(data))
         in_chans = 3
     grey = data_set.grey
@@ -186,7 +186,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         "preprocessing": Preprocessing(input_size=(3, size, size), interpolation="bilinear", crop_pct=1.0,
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
-                    "width": cfg.width, "grey": grey, "tta": cfg.tta, "center": module.center,
+                    "width": cfg.width, "grey": grey, "ink": data_set.ink_cropped, "tta": cfg.tta, "center": module.center,
                     "augment": dataclasses.asdict(module.ranges), "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
