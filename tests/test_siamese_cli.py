@@ -137,6 +137,28 @@ def test_bad_input_gets_one_clear_line(cli, people, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
 
 
+def test_crop_ink_is_saved_with_the_model_and_used_by_eval(people, tmp_path):
+    from transferkit.core.modeldir import load
+    from transferkit.tasks.siamese.oneshot import image_format
+
+    run = tmp_path / "run"
+    args = [a if a != "3" else "1" for a in TINY] + ["--steps-per-epoch", "2", "--crop-ink"]
+    code, _, err = main("siamese", "fit", people / "train", "--out", run, *args)
+    assert code == 0 and "cropped to the ink" in err, err
+    assert image_format(load(run)) == (32, True, True)
+    code, out, err = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "5", "--json")
+    assert code == 0 and json.loads(out)["episodes"] == 5, err
+    # colour photos have no ink to crop: said once, and the images are read whole
+    colour = tmp_path / "colour"
+    for k, rgb in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        (colour / f"c{k}").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), tuple(min(255, v + 8 * i) for v in rgb)).save(colour / f"c{k}" / f"{i}.png")
+    code, _, err = main("siamese", "fit", colour, "--out", tmp_path / "run_colour", *args, "--val-classes", "0")
+    assert code == 0 and "--crop-ink applies to grey drawings" in err, err
+    assert image_format(load(tmp_path / "run_colour")) == (32, False, False)
+
+
 def test_errors_of_a_trained_model(people, tmp_path):
     run = tmp_path / "run"
     args = [a if a != "3" else "1" for a in TINY] + ["--val-classes", "0"]  # no held-out classes: no threshold yet
@@ -162,8 +184,9 @@ def test_omniglot_zips_unseen_alphabets(shared_data, tmp_path):
                         "--steps-per-epoch", "3", "--batch-size", "32", "--width", "0.25", "--embedding", "16",
                         "--image-size", "28", "--val-way", "5", "--device", "cpu", "--precision", "32")
     assert code == 0, err
-    assert "x4 rotations" in err
+    assert "x4 rotations" in err and "cropped to the ink" in err  # characters: cropped by default
     cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["siamese"]["ink"] is True
     assert cfg["training"]["alphabets"] == ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
     code, out, err = main("siamese", "eval", run, om / "images_background_small2.zip", "--episodes", "20", "--json")
     assert code == 0, err

@@ -87,6 +87,8 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
         check_trainable(data_set, str(data))
         in_chans = 3
     grey = data_set.grey
+    if cfg.crop_ink and not data_set.ink_cropped:
+        _say("warning: --crop-ink applies to grey drawings; these images are colour, so they are read whole")
     rotations = data_set.kind == "omniglot" if cfg.rotations is None else cfg.rotations
     train_c, val_c = split_classes(data_set, cfg.val_classes, cfg.seed)
     train = data_set.subset_classes(train_c)
@@ -130,7 +132,8 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     views = (" x4 rotations" if rotations else "") + (" x2 mirror" if cfg.mirror else "")
     _say(f"training {cfg.encoder} ({cfg.loss} loss, {cfg.embedding}-d) on {len(train)} images of {len(train.classes)} "
          f"classes{views} = {n_train} classes; {len(val_c)} classes held out; "
-         f"{size}x{size} {'grey' if grey else 'colour'}; up to {cfg.epochs} x {cfg.steps_per_epoch} steps"
+         f"{size}x{size} {'grey' if grey else 'colour'}{', cropped to the ink' if data_set.ink_cropped else ''}; "
+         f"up to {cfg.epochs} x {cfg.steps_per_epoch} steps"
          + (f" or {cfg.time_budget:g} min" if cfg.time_budget else ""))
     t_train = time.perf_counter()
     engine.fit(trainer, module, loader, vloader, run_dir=run_dir, resume=resume)
