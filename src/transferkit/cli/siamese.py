@@ -64,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help="re-centre the embeddings on each episode's support set (each run's training images) before "
                         "comparing them (default: as the model was saved by `fit --center/--no-center`)")
+    q.add_argument("--align-views", action=argparse.BooleanOptionalAction, default=None,
+                   help="score a query against a candidate by their best-aligned test-time-augmentation views instead "
+                        "of their mean embeddings (default: as the model was saved by `fit --align-views`)")
+    q.add_argument("--local-match", type=float, default=None, metavar="W",
+                   help="weight of the local-feature match (each cell of the query's last feature map to its best "
+                        "cell of the candidate's) added to the embedding score; 0: off (default: as the model was "
+                        "saved by `fit --local-match`)")
     q.add_argument("--json", action="store_true", help='print {"accuracy": ..., "ci95": ..., "episodes": ...} as JSON')
     q.set_defaults(func=run_eval)
 
@@ -150,7 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.runs:
         if args.data:
             raise TransferkitError("Give either DATA or --runs DIR, not both.")
-        res = evaluate_runs(args.run, args.runs, center=args.center)
+        res = evaluate_runs(args.run, args.runs, center=args.center, align=args.align_views, local=args.local_match)
         if args.json:
             print(json.dumps(res))
             return 0
@@ -161,7 +168,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.data:
         raise TransferkitError("Give DATA to draw episodes from, or --runs DIR.")
     res = evaluate(args.run, args.data, way=args.way, shot=args.shot, episodes=args.episodes, queries=args.queries,
-                   seed=args.seed, center=args.center)
+                   seed=args.seed, center=args.center, align=args.align_views, local=args.local_match)
     if args.json:
         print(json.dumps(res))
         return 0

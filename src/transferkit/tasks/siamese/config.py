@@ -83,6 +83,15 @@ class SiameseConfig(TrainConfig):
     center: bool = doc("one-shot episodes and runs (saved with the model; metric losses): compare embeddings after "
                        "subtracting the mean embedding of the support set, i.e. what all candidates share, such as "
                        "their alphabet's style", True)
+    align_views: bool = doc("one-shot episodes and runs (saved with the model; metric losses with --tta): score a "
+                            "query against a candidate by the mean of the best-aligned pairs of their test-time views "
+                            "(the 1 + tta highest of the (1 + tta)^2 view similarities) instead of their mean "
+                            "embeddings", True)
+    local_match: Optional[float] = doc("one-shot episodes and runs (saved with the model; metric losses): weight of the "
+                                       "local-feature match (each cell of the query's last feature map to its most "
+                                       "similar cell of the candidate's, DN4-style) added to the embedding score, both "
+                                       "standardised over the candidates (None: 0.3 for small-cnn, 0 = off for "
+                                       "pretrained backbones, whose maps are large and where it is unmeasured)", None)
     # --- Koch's affine distortions
     rotate: float = doc("augmentation: random rotation up to +-this many degrees", 10.0)
     shear: float = doc("augmentation: random shear up to +-this (Koch: 0.3)", 0.3)
@@ -98,6 +107,11 @@ class SiameseConfig(TrainConfig):
                                        "anneals by whichever comes first, time or steps (25: the default run ends well inside half an "
                                        "hour on a 2-core CPU; None: no limit)", 25.0)
     channels_last: bool = doc("channels_last memory format (faster convolutions on most CPUs and GPUs)", True)
+
+    def resolved_local_match(self) -> float:
+        if self.local_match is not None:
+            return float(self.local_match)
+        return 0.3 if self.encoder == "small-cnn" else 0.0
 
     def resolved_margin(self) -> float:
         return DEFAULT_MARGINS[self.loss] if self.margin is None else float(self.margin)
@@ -129,6 +143,8 @@ class SiameseConfig(TrainConfig):
             raise TransferkitError(f"--val-classes must be in [0, 1) (got {self.val_classes}).")
         if self.tta < 0:
             raise TransferkitError(f"--tta must be >= 0 (got {self.tta}).")
+        if self.local_match is not None and not self.local_match >= 0:
+            raise TransferkitError(f"--local-match must be >= 0 (got {self.local_match}).")
         if self.val_way < 2:
             raise TransferkitError(f"--val-way must be at least 2 (got {self.val_way}).")
         if self.image_size is not None and self.image_size < 16:

@@ -86,35 +86,46 @@ def center_on_support(support: Any, *others: Any) -> tuple[Any, ...]:
     return tuple(F.normalize(t - mu, dim=-1) for t in (support, *others))
 
 
-def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode,
-                        center: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class row per query (way*queries,), distances (way*queries, way)) for one episode.
+def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode, center: bool = False,
+                        matching: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class row per query (way*queries,), dissimilarities (way*queries, way)) for one episode.
 
+    ``emb``: (N, D) embeddings, or a :class:`~transferkit.tasks.siamese.matching.Embedded` of the image set.
     ``center``: distances of unit embeddings after :func:`center_on_support`.
+    ``matching``: a :class:`~transferkit.tasks.siamese.matching.Matching` (overrides ``center``); with
+    aligned views or local features the dissimilarity is minus its score.  A class with several shots
+    gets the mean over them.
     """
     import torch
 
+    from transferkit.tasks.siamese.matching import Embedded, Matching
+
+    matching = matching or Matching(center=center)
     way, shot = ep.support.shape
-    sup = emb[torch.as_tensor(ep.support.reshape(-1))]
-    qry = emb[torch.as_tensor(ep.query.reshape(-1))]
-    if center:
-        sup, qry = center_on_support(sup, qry)
+    sup_i, qry_i = ep.support.reshape(-1), ep.query.reshape(-1)
     with torch.inference_mode():  # the pair head's learned distance would otherwise track gradients
-        d = cdist(qry, sup).reshape(len(qry), way, shot).mean(dim=2)  # mean distance to each class's shots
+        if matching.plain:
+            mean = emb.mean() if isinstance(emb, Embedded) else emb
+            sup, qry = mean[torch.as_tensor(sup_i)], mean[torch.as_tensor(qry_i)]
+            if matching.center:
+                sup, qry = center_on_support(sup, qry)
+            d = cdist(qry, sup)
+        else:
+            e = Embedded.of(emb)
+            d = -matching.scores(e.take(qry_i), e.take(sup_i), cdist)
+        d = d.reshape(len(qry_i), way, shot).mean(dim=2)  # mean over each class's shots
     return d.argmin(dim=1).cpu().numpy(), d.cpu().numpy()
 
 
 def episode_accuracies(cdist: Callable[[Any, Any], Any], emb: Any, episodes: Sequence[Episode],
-                       center: bool = False) -> np.ndarray:
-    """Accuracy of each episode (fraction of its queries given their own class)."""
-    import torch
-
+                       center: bool = False, matching: Any = None) -> np.ndarray:
+    """Accuracy of each episode (fraction of its queries given their own class); arguments as
+    :func:`episode_predictions`."""
     accs = []
-    with torch.inference_mode():
-        for ep in episodes:
-            pred, _ = episode_predictions(cdist, emb, ep, center)
-            truth = np.repeat(np.arange(ep.query.shape[0]), ep.query.shape[1])
-            accs.append(float((pred == truth).mean()))
+    for ep in episodes:
+        pred, _ = episode_predictions(cdist, emb, ep, center, matching)
+        truth = np.repeat(np.arange(ep.query.shape[0]), ep.query.shape[1])
+        accs.append(float((pred == truth).mean()))
     return np.asarray(accs)
 
 

@@ -89,7 +89,23 @@ class SiameseNet(FrozenBNMixin, nn.Module):
     def embed(self, x: torch.Tensor, layer: str = "embedding") -> torch.Tensor:
         """(N, C, H, W) pixels in [0, 1] -> (N, D) embeddings (Koch's sigmoid features, or unit vectors)."""
         x = (self._channels(x) - self.mean) / self.std
-        z = self.project(self.encoder(x))
+        return self._finish(self.project(self.encoder(x)), layer)
+
+    def embed_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, C, H, W) pixels -> (N, D) embeddings and the encoder's last feature map (N, C', h, w).
+
+        The map is what local matching compares (``matching.local_similarity``);
+        None for encoders without a ``forward_features``/``forward_head`` split.
+        """
+        enc = self.encoder
+        if not (hasattr(enc, "forward_features") and hasattr(enc, "forward_head")):
+            return self.embed(x), None
+        fmap = enc.forward_features((self._channels(x) - self.mean) / self.std)
+        if fmap.ndim != 4:
+            return self.embed(x), None
+        return self._finish(self.project(enc.forward_head(fmap))), fmap  # forward_head(forward_features(x)) == enc(x)
+
+    def _finish(self, z: torch.Tensor, layer: str = "embedding") -> torch.Tensor:
         if layer == "raw":
             return z
         return torch.sigmoid(z) if self.kind == "pair" else F.normalize(z.float(), dim=-1)

@@ -9,10 +9,12 @@
   model's ``config.json``.
 * :func:`verify`: nearest gallery identity, distance and match decision.
 
-``evaluate`` and ``evaluate_runs`` compare embeddings the way the model was saved to: with its
-test-time augmentation (``model_embed``) and, where stored, re-centred on
-the support set (``model_center``).  Calibration and verification use plain
-distances: a threshold must not depend on which gallery it is applied to.
+``evaluate`` and ``evaluate_runs`` match queries to candidates the way the
+model was saved to (``model_matching``): with its test-time augmentation,
+re-centred on the support set, by aligned views and local features where
+stored (``matching.py``).  Calibration and verification use plain distances
+of mean embeddings: a threshold must not depend on which gallery it is
+applied to.
 """
 
 from __future__ import annotations
@@ -58,6 +60,31 @@ def image_format(model: Any) -> tuple[int, bool, bool]:
     return int(pre["input_size"][-1]), bool(sia["grey"]), bool(sia.get("ink", False))  # models before --crop-ink: no
 
 
+def _view_batches(net: Any, images: np.ndarray, batch_size: int, tta: int, ranges: Any, maps: bool):
+    """Per batch: ((b, V, D) embeddings of each image's V = 1 + tta views, (b, C, h, w) mean map or None)."""
+    import torch
+
+    from transferkit.tasks.siamese.data import AffineRanges, affine_thetas, apply_affine, to_float_tensor
+
+    net.eval()
+    ranges = ranges or AffineRanges()
+    thetas = affine_thetas(tta, ranges, torch.Generator().manual_seed(0)) if tta > 0 and ranges.p > 0 else []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = to_float_tensor(images[i:i + batch_size])
+            views, fmap = [], None
+            for v in [x] + [apply_affine(x, theta) for theta in thetas]:
+                v = v.contiguous(memory_format=torch.channels_last)
+                if maps:
+                    e, m = net.embed_and_map(v)
+                    if m is not None:
+                        fmap = m.float() if fmap is None else fmap + m.float()
+                else:
+                    e = net.embed(v)
+                views.append(e.float())
+            yield torch.stack(views, dim=1), (None if fmap is None else fmap / len(views))
+
+
 def embed_images(net: Any, images: np.ndarray, batch_size: int = 256, tta: int = 0, ranges: Any = None):
     """Embeddings (N, D) float32 tensor of uint8 images (N, H, W[, 3]), in eval mode without gradients.
 
@@ -69,36 +96,52 @@ def embed_images(net: Any, images: np.ndarray, batch_size: int = 256, tta: int =
     image, so an embedding does not depend on its batch.
     """
     import torch
-    import torch.nn.functional as F
 
-    from transferkit.tasks.siamese.data import AffineRanges, affine_thetas, apply_affine, to_float_tensor
+    from transferkit.tasks.siamese.matching import Embedded
 
-    net.eval()
-    ranges = ranges or AffineRanges()
-    thetas = affine_thetas(tta, ranges, torch.Generator().manual_seed(0)) if tta > 0 and ranges.p > 0 else []
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = to_float_tensor(images[i:i + batch_size])
-            e = net.embed(x.contiguous(memory_format=torch.channels_last)).float()
-            for theta in thetas:
-                e += net.embed(apply_affine(x, theta).contiguous(memory_format=torch.channels_last)).float()
-            if len(thetas):
-                e = F.normalize(e, dim=-1) if net.kind == "metric" else e / (len(thetas) + 1)
-            out.append(e)
-    if not out:
-        return torch.zeros(0, net.embedding_size)
-    return torch.cat(out)
+    out = [Embedded(views, None, net.kind).mean() for views, _ in _view_batches(net, images, batch_size, tta, ranges, False)]
+    return torch.cat(out) if out else torch.zeros(0, net.embedding_size)
 
 
-def model_embed(model: Any, images: np.ndarray):
-    """``embed_images`` with the test-time augmentation a model was saved with (none for models without one)."""
+def embed_views(net: Any, images: np.ndarray, batch_size: int = 256, tta: int = 0, ranges: Any = None,
+                maps: bool = False):
+    """An :class:`~transferkit.tasks.siamese.matching.Embedded` of the images: every view's embedding
+    (N, 1 + tta, D), and with ``maps`` the encoder's last feature map averaged over the views (for local
+    matching).  Views as in :func:`embed_images` (whose embedding is their mean)."""
+    import torch
+
+    from transferkit.tasks.siamese.matching import Embedded
+
+    views, fmaps = [], []
+    for v, m in _view_batches(net, images, batch_size, tta, ranges, maps):
+        views.append(v)
+        if m is not None:
+            fmaps.append(m)
+    if not views:
+        return Embedded(torch.zeros(0, 1 + tta, net.embedding_size), None, net.kind)
+    return Embedded(torch.cat(views), torch.cat(fmaps) if fmaps and len(fmaps) == len(views) else None, net.kind)
+
+
+def _model_tta(model: Any) -> tuple[int, Any]:
+    """(views beyond the image, AffineRanges) of the test-time augmentation a model was saved with."""
     from transferkit.tasks.siamese.data import AffineRanges
 
     s = model.config.get("siamese", {})
     known = {f.name for f in dataclasses.fields(AffineRanges)}
     aug = {k: (tuple(v) if k == "scale" else float(v)) for k, v in (s.get("augment") or {}).items() if k in known}
-    return embed_images(model.module, images, tta=int(s.get("tta", 0) or 0), ranges=AffineRanges(**aug))
+    return int(s.get("tta", 0) or 0), AffineRanges(**aug)
+
+
+def model_embed(model: Any, images: np.ndarray):
+    """``embed_images`` with the test-time augmentation a model was saved with (none for models without one)."""
+    tta, ranges = _model_tta(model)
+    return embed_images(model.module, images, tta=tta, ranges=ranges)
+
+
+def model_views(model: Any, images: np.ndarray, matching: Any):
+    """``embed_views`` with the model's test-time augmentation, and feature maps when ``matching`` uses them."""
+    tta, ranges = _model_tta(model)
+    return embed_views(model.module, images, tta=tta, ranges=ranges, maps=matching.local > 0)
 
 
 def model_center(model: Any, override: bool | None = None) -> bool:
@@ -111,6 +154,22 @@ def model_center(model: Any, override: bool | None = None) -> bool:
     stored = bool(model.config.get("siamese", {}).get("center", False))
     wanted = stored if override is None else bool(override)
     return wanted and model.config.get("siamese", {}).get("head") != "pair"
+
+
+def model_matching(model: Any, center: bool | None = None, align: bool | None = None,
+                   local: float | None = None):
+    """The :class:`~transferkit.tasks.siamese.matching.Matching` of one-shot tasks: the model's stored
+    settings (off for models saved without them; always plain for Koch's pair head) unless overridden."""
+    from transferkit.tasks.siamese.matching import Matching
+
+    s = model.config.get("siamese", {})
+    if s.get("head") == "pair":
+        return Matching()
+    align = bool(s.get("align", False)) if align is None else bool(align)
+    local = float(s.get("local", 0.0) or 0.0) if local is None else float(local)
+    if local < 0:
+        raise TransferkitError(f"--local-match must be >= 0 (got {local:g}).")
+    return Matching(center=model_center(model, center), align=align, local=local)
 
 
 def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
@@ -143,22 +202,30 @@ def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
+def _matching_info(matching: Any) -> dict[str, Any]:
+    return {"center": matching.center, "align": matching.align, "local": matching.local}
+
+
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20, shot: int = 1, episodes: int = 400,
-             queries: int = 1, seed: int = 0, center: bool | None = None) -> dict[str, Any]:
+             queries: int = 1, seed: int = 0, center: bool | None = None, align: bool | None = None,
+             local: float | None = None) -> dict[str, Any]:
     """N-way k-shot accuracy on classes of ``data`` the model never saw.
 
-    ``center``: re-centre on each episode's support set (None: as the model was saved).
+    ``center``, ``align``, ``local``: how a query is matched to the support set
+    (:class:`~transferkit.tasks.siamese.matching.Matching`; None: as the model was saved).
 
     Returns:
-        ``{"accuracy", "ci95", "episodes", "way", "shot", "queries", "center", "classes", "excluded_classes",
-        "excluded_alphabets", "alphabets"}``.
+        ``{"accuracy", "ci95", "episodes", "way", "shot", "queries", "center", "align", "local", "classes",
+        "excluded_classes", "excluded_alphabets", "alphabets"}``.
     """
     from transferkit.tasks.siamese.data import load_image_set
     from transferkit.tasks.siamese.episodes import episode_accuracies, mean_ci95, sample_episodes
+    from transferkit.tasks.siamese.matching import Embedded
 
     if way < 2 or shot < 1 or episodes < 1 or queries < 1:
         raise TransferkitError("--way must be >= 2, and --shot, --episodes and --queries >= 1.")
     model = load_siamese(run_dir)
+    matching = model_matching(model, center, align, local)
     size, grey, ink = image_format(model)
     ds = load_image_set(data, size, grey, ink)
     keep, info = seen_filter(model, ds)
@@ -170,48 +237,64 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
     used = np.unique(np.concatenate([np.r_[e.support.ravel(), e.query.ravel()] for e in eps]))
     import torch
 
-    emb = torch.zeros(len(ds), model.module.embedding_size)
-    emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
-    centred = model_center(model, center)
-    accs = episode_accuracies(model.module.cdist, emb, eps, centred)
+    if matching.plain:
+        emb: Any = torch.zeros(len(ds), model.module.embedding_size)
+        emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
+    else:  # every view (and map) of the images the episodes use, at their rows of the image set
+        part = model_views(model, ds.images[used], matching)
+        views = part.views.new_zeros(len(ds), *part.views.shape[1:])
+        views[torch.as_tensor(used)] = part.views
+        maps = None
+        if part.maps is not None:
+            maps = part.maps.new_zeros(len(ds), *part.maps.shape[1:])
+            maps[torch.as_tensor(used)] = part.maps
+        emb = Embedded(views, maps, part.kind)
+    accs = episode_accuracies(model.module.cdist, emb, eps, matching=matching)
     acc, ci = mean_ci95(accs)
     return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries,
-            "center": centred, **info}
+            **_matching_info(matching), **info}
 
 
-def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, center: bool | None = None) -> dict[str, Any]:
+def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, center: bool | None = None,
+                  align: bool | None = None, local: float | None = None) -> dict[str, Any]:
     """Accuracy per run and overall on Lake et al.'s one-shot runs format.
 
-    ``center``: re-centre on each run's training images (None: as the model was saved).
+    ``center``, ``align``, ``local``: how each test item is matched to its run's training images
+    (:class:`~transferkit.tasks.siamese.matching.Matching`; None: as the model was saved).
 
     Returns:
-        ``{"accuracy", "ci95", "episodes", "center", "runs": [{"run", "accuracy", "n"}]}`` (ci95 over runs).
+        ``{"accuracy", "ci95", "episodes", "center", "align", "local", "runs": [{"run", "accuracy", "n"}]}``
+        (ci95 over runs).
     """
     from transferkit.tasks.siamese.data import read_images
     from transferkit.tasks.siamese.episodes import center_on_support, mean_ci95, read_runs
 
     model = load_siamese(run_dir)
+    matching = model_matching(model, center, align, local)
     size, grey, ink = image_format(model)
     runs = read_runs(runs_dir)
-    centred = model_center(model, center)
     per_run, correct, total = [], 0, 0
     import torch
 
     with torch.inference_mode():
         for run in runs:
-            train_imgs, kept_train = read_images(run.training, size, grey, strict=True, ink=ink)
-            test_imgs, kept_test = read_images(run.test, size, grey, strict=True, ink=ink)
-            e_train = model_embed(model, train_imgs)
-            e_test = model_embed(model, test_imgs)
-            if centred:
-                e_train, e_test = center_on_support(e_train, e_test)
-            pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
+            train_imgs, _ = read_images(run.training, size, grey, strict=True, ink=ink)
+            test_imgs, _ = read_images(run.test, size, grey, strict=True, ink=ink)
+            if matching.plain:
+                e_train, e_test = model_embed(model, train_imgs), model_embed(model, test_imgs)
+                if matching.center:
+                    e_train, e_test = center_on_support(e_train, e_test)
+                pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
+            else:
+                e_train, e_test = model_views(model, train_imgs, matching), model_views(model, test_imgs, matching)
+                pred = matching.scores(e_test, e_train, model.module.cdist).argmax(dim=1).numpy()
             ok = int((pred == np.asarray(run.answers)).sum())
             per_run.append({"run": run.name, "accuracy": ok / len(run.test), "n": len(run.test)})
             correct += ok
             total += len(run.test)
     _, ci = mean_ci95([r["accuracy"] for r in per_run])
-    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), "center": centred, "runs": per_run}
+    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), **_matching_info(matching),
+            "runs": per_run}
 
 
 # --------------------------------------------------------------------------- calibration

@@ -61,10 +61,12 @@ def roc_figure(d_same: np.ndarray, d_diff: np.ndarray, cal: Any = None):
     return fig
 
 
-def episodes_figure(images: np.ndarray, rows: Sequence[tuple[int, Sequence[int], Sequence[float], int]], top: int = 8):
-    """Each row: the query, then its support images ranked by distance (the right class framed in green).
+def episodes_figure(images: np.ndarray, rows: Sequence[tuple[int, Sequence[int], Sequence[float], int]], top: int = 8,
+                    measure: str = "distance"):
+    """Each row: the query, then its support images ranked best first (the right class framed in green).
 
-    ``rows``: (query index, support indices in rank order, their distances, rank of the right class).
+    ``rows``: (query index, support indices in rank order, their ``measure`` (distance or match score), rank of
+    the right class).
     """
     pyplot = plt()
     ncols = 1 + min(top, max((len(r[1]) for r in rows), default=1))
@@ -88,7 +90,7 @@ def episodes_figure(images: np.ndarray, rows: Sequence[tuple[int, Sequence[int],
             for side in ax.spines.values():
                 side.set_color(colour)
                 side.set_linewidth(2.5 if colour != "black" else 0.8)
-    fig.suptitle("Query, then the support set ranked by distance (green: the right class)", fontsize=9)
+    fig.suptitle(f"Query, then the support set ranked by {measure} (green: the right class)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -143,18 +143,22 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
 
     # ---- held-out classes: threshold (EER) and pictures
     from transferkit.tasks.siamese.thresholds import choose_threshold
-    from transferkit.tasks.siamese.oneshot import embed_images, pair_distances
+    from transferkit.tasks.siamese.matching import Matching
+    from transferkit.tasks.siamese.oneshot import embed_views, pair_distances
     from transferkit.tasks.siamese.report import distance_histogram, episodes_figure, roc_figure, save_figure, write_report
 
+    # one-shot matching as eval will use it (the pair head keeps its learned distance)
+    matching = Matching(center=module.center, align=cfg.align_views, local=cfg.resolved_local_match()) \
+        if head == "metric" else Matching()
     verification: dict[str, Any] = {}
     val_acc = None
     pictures: list[tuple[str, str]] = []
     if val is not None:
         from transferkit.tasks.siamese.episodes import episode_accuracies, episode_predictions
 
-        emb = embed_images(net, val.images, tta=cfg.tta, ranges=module.ranges)
-        val_acc = float(episode_accuracies(net.cdist, emb, val_eps, module.center).mean())
-        d_same, d_diff = pair_distances(net, emb, val.labels, 2000, cfg.seed)
+        views = embed_views(net, val.images, tta=cfg.tta, ranges=module.ranges, maps=matching.local > 0)
+        val_acc = float(episode_accuracies(net.cdist, views, val_eps, matching=matching).mean())
+        d_same, d_diff = pair_distances(net, views.mean(), val.labels, 2000, cfg.seed)
         if len(d_same) and len(d_diff):
             cal = choose_threshold(d_same, d_diff)
             verification = {**cal.to_dict(), "source": f"held-out training classes ({len(val.classes)})",
@@ -167,15 +171,17 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
                          ("roc.png", "ROC of verification on held-out classes.")]
         rows = []
         for ep in val_eps[:6]:
-            pred, d = episode_predictions(net.cdist, emb, ep, module.center)
+            pred, d = episode_predictions(net.cdist, views, ep, matching=matching)
             q = 0  # first query of the episode
             order = np.argsort(d[q])
-            rows.append((int(ep.query[q, 0]), [int(ep.support[k, 0]) for k in order], [float(d[q, k]) for k in order],
-                         int(np.flatnonzero(order == q)[0])))
+            sign = 1.0 if matching.plain else -1.0  # show distances, or the match scores themselves
+            rows.append((int(ep.query[q, 0]), [int(ep.support[k, 0]) for k in order],
+                         [sign * float(d[q, k]) for k in order], int(np.flatnonzero(order == q)[0])))
         if rows:
-            save_figure(episodes_figure(val.images, rows), run_dir / "episodes.png")
+            measure = "distance" if matching.plain else "match score"
+            save_figure(episodes_figure(val.images, rows, measure=measure), run_dir / "episodes.png")
             pictures.append(("episodes.png", f"{val_eps[0].support.shape[0]}-way one-shot episodes of held-out classes: "
-                                             "each query beside its support set ranked by distance."))
+                                             f"each query beside its support set ranked by {measure}."))
 
     # ---- the model directory
     groups = sorted({data_set.group_of(c) for c in data_set.classes} - {None})
@@ -190,6 +196,7 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
                                        crop_mode="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_dict(),
         "siamese": {"loss": cfg.loss, "head": head, "embedding": cfg.embedding, "in_chans": in_chans,
                     "width": cfg.width, "grey": grey, "ink": data_set.ink_cropped, "tta": cfg.tta, "center": module.center,
+                    "align": matching.align, "local": matching.local,
                     "augment": dataclasses.asdict(module.ranges), "mean": mean, "std": std, "margin": cfg.resolved_margin(),
                     "distance": "-log p(same) of Koch's head" if head == "pair" else "Euclidean between unit embeddings"},
         "verification": verification,
