@@ -160,6 +160,73 @@ def test_centring_compares_unit_embeddings_minus_the_support_mean():
                               episode_predictions(torch.cdist, e, two, center=True)[0])
 
 
+def test_aligned_views_score_the_best_lined_up_pairs_of_views():
+    from transferkit.tasks.siamese.matching import aligned_view_similarity
+
+    g = torch.Generator().manual_seed(0)
+    views = torch.nn.functional.normalize(torch.randn(6, 5, 8, generator=g), dim=-1)  # 6 images, 5 views each
+    sim = aligned_view_similarity(views, views)
+    assert torch.allclose(sim.diagonal(), torch.ones(6), atol=1e-5)  # an image lines up with itself exactly
+    assert (sim.argmax(dim=1) == torch.arange(6)).all()
+    # the mean of the 5 best of the 5 x 5 view similarities, computed in chunks of any size
+    brute = torch.stack([torch.stack([(views[i] @ views[j].T).flatten().topk(5).values.mean() for j in range(6)])
+                         for i in range(6)])
+    assert torch.allclose(sim, brute, atol=1e-5) and torch.allclose(aligned_view_similarity(views, views, chunk=2), sim)
+    # one view each: plain cosine similarity
+    one = views[:, :1]
+    assert torch.allclose(aligned_view_similarity(one, one), one[:, 0] @ one[:, 0].T, atol=1e-6)
+    # a candidate whose distortions line up with the query's wins over one that only agrees on average:
+    # A shares four of the query's five views exactly, B is the query's mean embedding repeated
+    q = views[:1]
+    a = torch.cat([q[:, :4], -q[:, 4:]], dim=1)
+    b = torch.nn.functional.normalize(q.mean(1, keepdim=True), dim=-1).expand(1, 5, 8)
+    cand = torch.cat([a, b])
+    mean_cos = torch.nn.functional.normalize(q.mean(1), dim=-1) @ torch.nn.functional.normalize(cand.mean(1), dim=-1).T
+    assert mean_cos.argmax() == 1 and aligned_view_similarity(q, cand).argmax() == 0
+
+
+def test_local_match_finds_a_stroke_wherever_it_is():
+    from transferkit.tasks.siamese.matching import local_similarity, standardise
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(5, 16, 4, 4, generator=g)
+    moved = maps[:, :, torch.randperm(4, generator=g)][:, :, :, torch.randperm(4, generator=g)]  # cells shuffled
+    sim = local_similarity(moved, maps)
+    assert (sim.argmax(dim=1) == torch.arange(5)).all()  # each image matches its own cells, wherever they are
+    flat = torch.nn.functional.normalize(moved.flatten(1), dim=-1) @ torch.nn.functional.normalize(maps.flatten(1), dim=-1).T
+    assert float(sim.diagonal().min()) > float(flat.diagonal().max())  # the aligned map comparison loses them
+    assert torch.allclose(local_similarity(moved, maps, chunk=2), sim)
+    z = standardise(torch.randn(3, 7, generator=g) * 5 + 2)
+    assert torch.allclose(z.mean(1), torch.zeros(3), atol=1e-5) and torch.allclose(z.std(1), torch.ones(3), atol=1e-4)
+
+
+def test_matching_combines_scores_and_plain_matching_is_the_old_rule():
+    from transferkit.tasks.siamese.episodes import Episode, episode_predictions
+    from transferkit.tasks.siamese.matching import Embedded, Matching, standardise
+
+    g = torch.Generator().manual_seed(1)
+    views = torch.nn.functional.normalize(torch.randn(12, 4, 8, generator=g), dim=-1)
+    maps = torch.randn(12, 6, 3, 3, generator=g)
+    e = Embedded(views, maps)
+    ep = Episode(np.arange(6), np.arange(6)[:, None], np.arange(6, 12)[:, None])
+    for center in (False, True):  # plain matching: the mean embeddings' distances, as before
+        pred, d = episode_predictions(torch.cdist, e, ep, matching=Matching(center=center))
+        old_pred, old_d = episode_predictions(torch.cdist, e.mean(), ep, center=center)
+        assert np.array_equal(pred, old_pred) and np.allclose(d, old_d, atol=1e-6)
+    q, s = e.take(np.arange(6, 12)), e.take(np.arange(6))
+    aligned = Matching(center=True, align=True).scores(q, s)
+    both = Matching(center=True, align=True, local=0.5).scores(q, s)
+    from transferkit.tasks.siamese.matching import local_similarity
+
+    assert torch.allclose(both, standardise(aligned) + 0.5 * standardise(local_similarity(q.maps, s.maps)), atol=1e-5)
+    pred, d = episode_predictions(torch.cdist, e, ep, matching=Matching(center=True, align=True, local=0.5))
+    assert np.array_equal(pred, both.argmax(1).numpy()) and np.allclose(d, -both.numpy(), atol=1e-5)
+    # no maps (an encoder without one): the local term is skipped, not an error
+    no_maps = Embedded(views)
+    assert torch.allclose(Matching(align=True, local=0.5).scores(no_maps.take(range(6, 12)), no_maps.take(range(6))),
+                          Matching(align=True).scores(q, s), atol=1e-6)
+
+
 def test_rotated_classes_are_rotated_images():
     img = np.zeros((1, 6, 6), np.uint8)
     img[0, 0, :] = 255  # a bar along the top
@@ -277,6 +344,16 @@ def test_test_time_augmentation_is_fixed_per_image_and_off_at_zero():
     assert not torch.allclose(model_embed(model, images), aug, atol=1e-4)  # not Koch's default ranges
     older = SimpleNamespace(module=net, config={"siamese": {}})  # saved before --tta existed: no augmentation
     assert torch.allclose(model_embed(older, images), plain, atol=1e-6)
+    # every view, and the encoder's last map (mean over the views): what aligned and local matching compare
+    from transferkit.tasks.siamese.oneshot import embed_views
+
+    ev = embed_views(net, images, tta=4, maps=True, batch_size=2)
+    assert ev.views.shape == (5, 5, 16) and torch.allclose(ev.views[:, 0], plain, atol=1e-5)
+    assert torch.allclose(ev.mean(), aug, atol=1e-5)
+    with torch.no_grad():
+        emb, fmap = net.embed_and_map(torch.from_numpy(images)[:, None].float() / 255)
+    assert torch.allclose(emb, plain, atol=1e-5) and fmap.ndim == 4 and ev.maps.shape == (5, *fmap.shape[1:])
+    assert embed_views(net, images, tta=4).maps is None  # only when asked
 
 
 # --------------------------------------------------------------------------- episodes and the runs format
@@ -481,6 +558,17 @@ def test_report_and_model_directory(trained):
     from transferkit.tasks.siamese.oneshot import model_center
 
     assert model_center(model) and not model_center(SimpleNamespace(config={"siamese": {}}))  # older models: off
+    from transferkit.tasks.siamese.matching import Matching
+    from transferkit.tasks.siamese.oneshot import model_matching
+
+    assert model_matching(model) == Matching(center=True, align=True, local=0.3)  # fit's defaults for small-cnn
+    assert model_matching(model, center=False, align=False, local=0) == Matching()
+    assert model_matching(SimpleNamespace(config={"siamese": {"center": True}})) == Matching(center=True)  # older
+    assert model_matching(SimpleNamespace(config={"siamese": {"head": "pair", "align": True, "local": 0.3}})) == Matching()
+    with pytest.raises(TransferkitError, match="--local-match"):
+        model_matching(model, local=-1)
+    assert SiameseConfig(encoder="efficientnet_lite0").resolved_local_match() == 0.0
+    assert SiameseConfig(local_match=0.5).resolved_local_match() == 0.5
     from transferkit.tasks.siamese.oneshot import image_format
 
     assert image_format(model) == (32, True, False)  # faces in class folders: not cropped to ink

@@ -64,6 +64,11 @@ def test_fit_eval_calibrate_verify(cli, people, tmp_path):
     code, out, _ = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "40", "--json",
                         "--no-center")
     assert code == 0 and json.loads(out)["center"] is False and json.loads(out)["episodes"] == 40
+    assert res["align"] is True and res["local"] == 0.3  # fit's matching, saved with the model
+    code, out, _ = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "40", "--json",
+                        "--no-align-views", "--local-match", "0")
+    plain = json.loads(out)
+    assert code == 0 and plain["align"] is False and plain["local"] == 0.0 and plain["center"] is True
     code, out, _ = main("siamese", "eval", run, people / "heldout", "--way", "5", "--episodes", "40")
     assert code == 0 and "5-way 1-shot accuracy" in out and "95% CI" in out
 
@@ -113,6 +118,11 @@ def test_runs_format_and_resume(people, tmp_path):
     assert res["center"] is True
     code, out, _ = main("siamese", "eval", run, "--runs", tmp_path / "runs", "--json", "--no-center")
     assert code == 0 and json.loads(out)["center"] is False
+    code, out, _ = main("siamese", "eval", run, "--runs", tmp_path / "runs", "--json", "--local-match", "0.5",
+                        "--no-align-views")
+    assert code == 0 and json.loads(out)["local"] == 0.5 and json.loads(out)["align"] is False
+    code, _, err = main("siamese", "eval", run, "--runs", tmp_path / "runs", "--local-match", "-1")
+    assert code == 2 and "--local-match must be >= 0" in err
 
 
 def test_bad_input_gets_one_clear_line(cli, people, tmp_path):

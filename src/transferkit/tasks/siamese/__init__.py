@@ -10,7 +10,9 @@ Modules: ``config`` (SiameseConfig), ``data`` (image sets, class-balanced
 batches, balanced pairs, Koch's affine distortions), ``model`` (SiameseNet:
 one shared encoder, Koch's pair head), ``losses`` (injected objectives over
 pytorch-metric-learning), ``module`` (LightningModule), ``episodes``
-(episodes, confidence intervals, Lake et al.'s runs format), ``thresholds``
+(episodes, confidence intervals, Lake et al.'s runs format), ``matching``
+(how a one-shot query is scored: mean embeddings, aligned views, local
+features), ``thresholds``
 (EER / FAR thresholds), ``oneshot`` (eval, runs, calibrate, verify),
 ``train`` (``fit``), ``report``.
 """
