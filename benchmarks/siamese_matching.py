@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--data", help="labelled images for 400 seeded 20-way one-shot episodes (as `siamese eval`)")
     ap.add_argument("--runs", nargs="*", default=[], help="folders of runs in Lake et al.'s format")
     ap.add_argument("--local", type=float, default=0.3, help="local-match weight W (default: 0.3, fit's default)")
+    ap.add_argument("--tta", type=int, default=None, help="test-time views beyond the image (default: the model's)")
     args = ap.parse_args()
     import torch
 
@@ -40,6 +41,8 @@ def main() -> int:
     from transferkit.tasks.siamese.oneshot import image_format, load_siamese, model_center, model_views, seen_filter
 
     model = load_siamese(args.run)
+    if args.tta is not None:
+        model.config["siamese"]["tta"] = args.tta  # this comparison only; the model on disk is unchanged
     size, grey, ink = image_format(model)
     center = model_center(model)
     variants = {"plain": Matching(center), "aligned": Matching(center, align=True),
@@ -76,7 +79,8 @@ def main() -> int:
                 total += len(run.test)
         accs = {name: (ok[name] / total, mean_ci95(per[name])[1]) for name in variants}
         rows.append((f"{runs_dir} ({len(per['plain'])} runs)", accs, time.perf_counter() - t))
-    print(f"model {args.run}; centred: {center}; local weight {args.local:g}")
+    print(f"model {args.run}; centred: {center}; local weight {args.local:g}; "
+          f"{model.config['siamese'].get('tta', 0)} test-time views")
     print("| test set | plain | aligned views | local match | both | gain of both | time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, accs, secs in rows:
