@@ -38,7 +38,8 @@ def main() -> int:
     from transferkit.tasks.siamese.data import load_image_set, read_images
     from transferkit.tasks.siamese.episodes import episode_accuracies, mean_ci95, read_runs, sample_episodes
     from transferkit.tasks.siamese.matching import Matching
-    from transferkit.tasks.siamese.oneshot import image_format, load_siamese, model_center, model_views, seen_filter
+    from transferkit.tasks.siamese.oneshot import (
+        episode_views, image_format, load_siamese, model_center, model_views, seen_filter)
 
     model = load_siamese(args.run)
     if args.tta is not None:
@@ -54,12 +55,7 @@ def main() -> int:
         ds = load_image_set(args.data, size, grey, ink)
         keep, _ = seen_filter(model, ds)
         eps = sample_episodes(ds.labels, keep, 20, 1, 1, 400, 0)
-        used = np.unique(np.concatenate([np.r_[e.support.ravel(), e.query.ravel()] for e in eps]))
-        part = model_views(model, ds.images[used], with_maps)
-        remap = {int(i): k for k, i in enumerate(used)}  # episode indices -> rows of `part`
-        for e in eps:
-            e.support = np.vectorize(remap.get)(e.support)
-            e.query = np.vectorize(remap.get)(e.query)
+        part = episode_views(model, ds.images, eps, with_maps)
         accs = {name: mean_ci95(episode_accuracies(model.module.cdist, part, eps, matching=m))
                 for name, m in variants.items()}
         rows.append(("400 episodes (20-way 1-shot)", accs, time.perf_counter() - t))

@@ -105,8 +105,10 @@ def episode_predictions(cdist: Callable[[Any, Any], Any], emb: Any, ep: Episode,
     sup_i, qry_i = ep.support.reshape(-1), ep.query.reshape(-1)
     with torch.inference_mode():  # the pair head's learned distance would otherwise track gradients
         if matching.plain:
-            mean = emb.mean() if isinstance(emb, Embedded) else emb
-            sup, qry = mean[torch.as_tensor(sup_i)], mean[torch.as_tensor(qry_i)]
+            if isinstance(emb, Embedded):  # the episode's rows only, not the whole image set's mean
+                sup, qry = emb.take(sup_i).mean(), emb.take(qry_i).mean()
+            else:
+                sup, qry = emb[torch.as_tensor(sup_i)], emb[torch.as_tensor(qry_i)]
             if matching.center:
                 sup, qry = center_on_support(sup, qry)
             d = cdist(qry, sup)

@@ -202,8 +202,27 @@ def seen_filter(model: Any, data: Any) -> tuple[list[int], dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _matching_info(matching: Any) -> dict[str, Any]:
-    return {"center": matching.center, "align": matching.align, "local": matching.local}
+def episode_images(episodes: Sequence[Any]) -> np.ndarray:
+    """Sorted indices of the images some episode uses (support or query)."""
+    return np.unique(np.concatenate([np.r_[e.support.ravel(), e.query.ravel()] for e in episodes]))
+
+
+def episode_views(model: Any, images: np.ndarray, episodes: Sequence[Any], matching: Any):
+    """An :class:`~transferkit.tasks.siamese.matching.Embedded` of a whole image set for ``episodes``: only
+    the images they use are embedded (``model_views``); the other rows stay zero."""
+    import torch
+
+    from transferkit.tasks.siamese.matching import Embedded
+
+    used = episode_images(episodes)
+    part = model_views(model, images[used], matching)
+    views = part.views.new_zeros(len(images), *part.views.shape[1:])
+    views[torch.as_tensor(used)] = part.views
+    maps = None
+    if part.maps is not None:
+        maps = part.maps.new_zeros(len(images), *part.maps.shape[1:])
+        maps[torch.as_tensor(used)] = part.maps
+    return Embedded(views, maps, part.kind)
 
 
 def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20, shot: int = 1, episodes: int = 400,
@@ -220,7 +239,6 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
     """
     from transferkit.tasks.siamese.data import load_image_set
     from transferkit.tasks.siamese.episodes import episode_accuracies, mean_ci95, sample_episodes
-    from transferkit.tasks.siamese.matching import Embedded
 
     if way < 2 or shot < 1 or episodes < 1 or queries < 1:
         raise TransferkitError("--way must be >= 2, and --shot, --episodes and --queries >= 1.")
@@ -234,25 +252,18 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, way: int = 20,
             f"{data} has {len(keep)} classes the model has not seen ({info['excluded_classes']} seen ones excluded); "
             f"{way}-way episodes need {way}.")
     eps = sample_episodes(ds.labels, keep, way, shot, queries, episodes, seed)
-    used = np.unique(np.concatenate([np.r_[e.support.ravel(), e.query.ravel()] for e in eps]))
     import torch
 
-    if matching.plain:
+    if matching.plain:  # one mean embedding per image is all plain matching needs
+        used = episode_images(eps)
         emb: Any = torch.zeros(len(ds), model.module.embedding_size)
         emb[torch.as_tensor(used)] = model_embed(model, ds.images[used])
-    else:  # every view (and map) of the images the episodes use, at their rows of the image set
-        part = model_views(model, ds.images[used], matching)
-        views = part.views.new_zeros(len(ds), *part.views.shape[1:])
-        views[torch.as_tensor(used)] = part.views
-        maps = None
-        if part.maps is not None:
-            maps = part.maps.new_zeros(len(ds), *part.maps.shape[1:])
-            maps[torch.as_tensor(used)] = part.maps
-        emb = Embedded(views, maps, part.kind)
+    else:
+        emb = episode_views(model, ds.images, eps, matching)
     accs = episode_accuracies(model.module.cdist, emb, eps, matching=matching)
     acc, ci = mean_ci95(accs)
     return {"accuracy": acc, "ci95": ci, "episodes": len(eps), "way": way, "shot": shot, "queries": queries,
-            **_matching_info(matching), **info}
+            **dataclasses.asdict(matching), **info}
 
 
 def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, center: bool | None = None,
@@ -267,7 +278,7 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, cente
         (ci95 over runs).
     """
     from transferkit.tasks.siamese.data import read_images
-    from transferkit.tasks.siamese.episodes import center_on_support, mean_ci95, read_runs
+    from transferkit.tasks.siamese.episodes import mean_ci95, read_runs
 
     model = load_siamese(run_dir)
     matching = model_matching(model, center, align, local)
@@ -280,20 +291,14 @@ def evaluate_runs(run_dir: str | os.PathLike, runs_dir: str | os.PathLike, cente
         for run in runs:
             train_imgs, _ = read_images(run.training, size, grey, strict=True, ink=ink)
             test_imgs, _ = read_images(run.test, size, grey, strict=True, ink=ink)
-            if matching.plain:
-                e_train, e_test = model_embed(model, train_imgs), model_embed(model, test_imgs)
-                if matching.center:
-                    e_train, e_test = center_on_support(e_train, e_test)
-                pred = model.module.cdist(e_test, e_train).argmin(dim=1).numpy()
-            else:
-                e_train, e_test = model_views(model, train_imgs, matching), model_views(model, test_imgs, matching)
-                pred = matching.scores(e_test, e_train, model.module.cdist).argmax(dim=1).numpy()
+            e_train, e_test = model_views(model, train_imgs, matching), model_views(model, test_imgs, matching)
+            pred = matching.scores(e_test, e_train, model.module.cdist).argmax(dim=1).numpy()
             ok = int((pred == np.asarray(run.answers)).sum())
             per_run.append({"run": run.name, "accuracy": ok / len(run.test), "n": len(run.test)})
             correct += ok
             total += len(run.test)
     _, ci = mean_ci95([r["accuracy"] for r in per_run])
-    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), **_matching_info(matching),
+    return {"accuracy": correct / total, "ci95": ci, "episodes": len(runs), **dataclasses.asdict(matching),
             "runs": per_run}
 
 
