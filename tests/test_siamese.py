@@ -588,3 +588,21 @@ def test_every_loss_trains_end_to_end_with_its_report(loss, faces, tmp_path):
     assert (run / "episodes.png").is_file() and (run / "model" / "model.safetensors").is_file()
     res = evaluate(run, faces["heldout"], way=5, shot=1, episodes=10, seed=0)
     assert 0.0 <= res["accuracy"] <= 1.0
+
+
+def test_ema_weights_are_what_validation_checkpoints_and_the_model_use(faces, tmp_path):
+    # --ema: the averaged weights differ from the raw ones, and best.ckpt's state_dict and the saved model are them
+    run = fit(SiameseConfig(**{**TINY, "epochs": 2, "steps_per_epoch": 6, "warmup_steps": 2, "ema": 0.9}),
+              faces["train"], tmp_path / "ema")
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"] - 2  # one update per step after the warm-up
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    key = next(k for k in averaged if k.endswith("weight") and "encoder" in k)
+    assert not torch.allclose(averaged[key], raw[key])
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "model" / "model.safetensors")
+    name = key.removeprefix("net.")
+    assert torch.equal(saved[name], averaged[key])
+    with pytest.raises(TransferkitError, match="--ema"):
+        SiameseConfig(ema=1.0).validate()

@@ -103,6 +103,9 @@ class SiameseConfig(TrainConfig):
     # --- optimisation
     weight_decay: float = doc("AdamW weight decay (not on biases and norm weights)", 1e-4)
     warmup_steps: int = doc("linear learning-rate warm-up steps, then cosine annealing to 1 percent of the peak", 100)
+    ema: float = doc("exponential moving average of the weights after the warm-up (Lightning's EMAWeightAveraging): "
+                     "validation, checkpoints and the saved model use the averaged weights; this is the decay per "
+                     "step (0: off)", 0.0)
     time_budget: Optional[float] = doc("stop after this many minutes of training; the learning-rate schedule "
                                        "anneals by whichever comes first, time or steps (25: the default run ends well inside half an "
                                        "hour on a 2-core CPU; None: no limit)", 25.0)
@@ -155,6 +158,8 @@ class SiameseConfig(TrainConfig):
             raise TransferkitError(f"--elastic must be in [0, 0.5) (got {self.elastic}).")
         if not 0 <= self.augment_p <= 1:
             raise TransferkitError(f"--augment-p must be in [0, 1] (got {self.augment_p}).")
+        if not 0 <= self.ema < 1:
+            raise TransferkitError(f"--ema must be a decay in [0, 1) (got {self.ema}).")
         if self.time_budget is not None and not self.time_budget > 0:
             raise TransferkitError(f"--time-budget must be a positive number of minutes (got {self.time_budget}).")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:

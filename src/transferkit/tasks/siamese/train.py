@@ -126,7 +126,12 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=identity_collate, num_workers=0)
     vloader = val_loader(val.images) if val is not None else None
     monitor = "val_acc" if val_eps else None
-    trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ",
+    callbacks = []
+    if cfg.ema > 0:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema, update_starting_at_step=cfg.warmup_steps))
+    trainer = engine.make_trainer(cfg, run_dir, monitor=monitor, mode="max", log_prefix="siamese ", callbacks=callbacks,
                                   use_distributed_sampler=False)  # ClassBatchSampler draws per rank itself
     n_train = len(train.classes) * ds.views
     views = (" x4 rotations" if rotations else "") + (" x2 mirror" if cfg.mirror else "")
