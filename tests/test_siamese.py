@@ -606,3 +606,25 @@ def test_ema_weights_are_what_validation_checkpoints_and_the_model_use(faces, tm
     assert torch.equal(saved[name], averaged[key])
     with pytest.raises(TransferkitError, match="--ema"):
         SiameseConfig(ema=1.0).validate()
+
+
+def test_features_of_an_ink_model_see_drawings_cropped_to_their_ink(trained, tmp_path):
+    # `transferkit features --model RUN` must read a drawing as the model was trained: cropped to its ink
+    import shutil
+
+    import transferkit
+    from transferkit.tasks.siamese.data import crop_to_ink
+
+    ink_model = tmp_path / "ink_model"
+    shutil.copytree(trained / "model", ink_model)
+    cfg = json.loads((ink_model / "config.json").read_text())
+    cfg["siamese"]["ink"] = True
+    (ink_model / "config.json").write_text(json.dumps(cfg))
+    page = np.full((96, 96), 255, np.uint8)
+    page[10:30, 60:75] = 0  # a small dark mark in a corner of a white page
+    Image.fromarray(page).save(tmp_path / "page.png")
+    Image.fromarray(crop_to_ink(page)).save(tmp_path / "cropped.png")
+    ink = transferkit.features([tmp_path / "page.png", tmp_path / "cropped.png"], model=ink_model, workers=0).features
+    whole = transferkit.features([tmp_path / "page.png", tmp_path / "cropped.png"], model=trained, workers=0).features
+    assert np.allclose(ink[0], ink[1], atol=1e-4)  # the page is cropped, so it reads as its crop
+    assert not np.allclose(whole[0], whole[1], atol=1e-2)  # the model without --crop-ink reads the page whole

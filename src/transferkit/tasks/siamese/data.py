@@ -133,6 +133,21 @@ def crop_to_ink(img: np.ndarray, margin: float = INK_MARGIN) -> np.ndarray:
     return out
 
 
+class InkCrop:
+    """PIL image -> the square around its ink (:func:`crop_to_ink` of its grey version), as an RGB PIL image.
+
+    Put in front of a model's generic transform (``transferkit features
+    --model RUN``) for a Siamese model saved with ``--crop-ink``, so that it sees
+    drawings as it did in training.  A top-level class, so DataLoader workers can
+    pickle it.
+    """
+
+    def __call__(self, img: Any) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(crop_to_ink(np.asarray(img.convert("L"), dtype=np.uint8))).convert("RGB")
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
