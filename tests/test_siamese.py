@@ -628,3 +628,10 @@ def test_features_of_an_ink_model_see_drawings_cropped_to_their_ink(trained, tmp
     whole = transferkit.features([tmp_path / "page.png", tmp_path / "cropped.png"], model=trained, workers=0).features
     assert np.allclose(ink[0], ink[1], atol=1e-4)  # the page is cropped, so it reads as its crop
     assert not np.allclose(whole[0], whole[1], atol=1e-2)  # the model without --crop-ink reads the page whole
+    # every command that embeds files through the model (index, novelty: the feature cache) crops the same way
+    from transferkit.core.featcache import extractor_key
+    from transferkit.tasks.index.embed import embed_files
+
+    indexed = embed_files([tmp_path / "page.png"], transferkit.load(ink_model), cache=False).features
+    assert np.allclose(indexed[0], ink[0], atol=1e-4)
+    assert extractor_key(transferkit.load(ink_model), "pre_logits") != extractor_key(transferkit.load(trained), "pre_logits")

@@ -73,19 +73,12 @@ def _run(model: TransferModel, items: list[Any], output: str, batch_size: int, d
     from transferkit.core.progress import Progress
 
     pre = model.preprocessing
-    transform = pre.transform()
-    if (model.config.get("siamese") or {}).get("ink"):  # a Siamese model trained on drawings cropped to their ink
-        from torchvision.transforms import v2
-
-        from transferkit.tasks.siamese.data import InkCrop
-
-        transform = v2.Compose([InkCrop(), transform])
     runner = Runner(OutputHead.make(model.module, output), pre.input_size, device=device, engine=engine)
     skips = SkipLog(strict=strict)
     rows: list[Any] = []
     names: list[str] = []
     with Progress(len(items), desc, unit="img") as bar:
-        for indices, batch in iter_batches(items, transform, batch_size, workers, skips, draft_for(pre)):
+        for indices, batch in iter_batches(items, model.transform(), batch_size, workers, skips, draft_for(pre)):
             rows.append(runner(batch))
             names.extend(_name(items[i]) for i in indices)
             bar.update(len(indices))

@@ -189,6 +189,8 @@ class CachedFeatures:
 
 def extractor_key(model: Any, layer: str, extra: dict[str, Any] | None = None) -> str:
     """:func:`model_key` of a :class:`~transferkit.core.modeldir.TransferModel` (weights hashed)."""
+    if getattr(model, "crops_ink", False):  # the same weights read uncropped images would give other features
+        extra = {**(extra or {}), "ink": True}
     return model_key(model.architecture, weights_digest(model.module), model.config.get("preprocessing") or {}, layer, extra)
 
 
@@ -250,7 +252,7 @@ def extract_cached(
     if todo:
         if runner is None:
             runner = Runner(OutputHead.make(model.module, layer), pre.input_size, device=device, engine=engine)
-        tf = transform or pre.transform()
+        tf = transform or model.transform()
         with Progress(len(todo), desc, unit="img") as bar:
             for idx, batch in iter_batches([paths[i] for i in todo], tf, batch_size, workers, skips, draft_for(pre)):
                 out = runner(batch)

@@ -128,6 +128,23 @@ class TransferModel:
 
         return Preprocessing.from_dict(self.config.get("preprocessing") or {})
 
+    @property
+    def crops_ink(self) -> bool:
+        """Whether the model was trained on drawings cropped to their ink (``siamese fit --crop-ink``)."""
+        return bool((self.config.get("siamese") or {}).get("ink"))
+
+    def transform(self) -> Any:
+        """The eval transform (PIL image -> tensor) of this model: its preprocessing's, after the crop to
+        the ink for a model trained so, so that every command reads images as training did."""
+        transform = self.preprocessing.transform()
+        if not self.crops_ink:
+            return transform
+        from torchvision.transforms import v2
+
+        from transferkit.tasks.siamese.data import InkCrop
+
+        return v2.Compose([InkCrop(), transform])
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory (see :func:`save_model_dir`)."""
         return save_model_dir(self.module, self.config, path)

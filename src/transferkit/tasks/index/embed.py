@@ -85,7 +85,7 @@ def embed_arrays(images: np.ndarray, names: Sequence[str], tm: Any, batch_size: 
     runner = Runner(OutputHead.make(tm.module, "pre_logits"), pre.input_size, engine=engine)
     rows, kept = [], []
     with Progress(len(items), "embeddings", unit="img") as bar:
-        for idx, batch in iter_batches(items, pre.transform(), batch_size, 0):
+        for idx, batch in iter_batches(items, tm.transform(), batch_size, 0):
             rows.append(runner(batch))
             kept.extend(items[i][0] for i in idx)
             bar.update(len(idx))
