@@ -125,3 +125,47 @@ def test_draft_decoding_keeps_requested_size(tmp_path):
     path = _save(Image.new("RGB", (2000, 1500), (10, 20, 30)), tmp_path / "big.jpg", quality=90)
     img = read_image(path, draft_size=(256, 256))
     assert min(img.size) >= 256 and img.size[0] < 2000
+
+
+# --------------------------------------------------------------------------- uploads: bytes in memory
+
+
+def test_bytes_decode_like_files(corpus):
+    from transferkit.core.images import decode_image_bytes
+
+    for f in sorted(corpus.iterdir()):
+        if f.suffix == ".txt" or f.name in ("truncated.jpg", "empty.jpg", "not_an_image.png"):
+            continue
+        got = decode_image_bytes(f.read_bytes(), f.name)
+        want = read_image(f)
+        assert got.mode == "RGB" and got.size == want.size, f.name
+        assert np.array_equal(np.asarray(got), np.asarray(want)), f.name
+    assert decode_image_bytes((corpus / "rotated.jpg").read_bytes()).size == (12, 16)  # EXIF applied
+
+
+def test_bad_bytes_raise_one_sentence(corpus):
+    from transferkit.core.images import decode_image_bytes
+
+    cases = {"truncated": (corpus / "truncated.jpg").read_bytes(), "empty upload": b"",
+             "not an image": b"hello, I am text", "limit": b"x" * 101}
+    for reason, data in cases.items():
+        with pytest.raises(ImageReadError, match=reason) as info:
+            decode_image_bytes(data, "up.jpg", max_bytes=100 if reason == "limit" else None)
+        assert "\n" not in str(info.value) and str(info.value).startswith("up.jpg: ")
+
+
+def test_bytes_bomb_refused_before_decoding(monkeypatch):
+    from transferkit.core.images import decode_image_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buf, format="PNG")
+    data = buf.getvalue()
+    # between the limit and twice it, files only warn; uploads are refused
+    with pytest.raises(ImageReadError, match="decompression-bomb"):
+        decode_image_bytes(data, max_pixels=9_999)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)
+    with pytest.raises(ImageReadError, match="decompression-bomb"):
+        decode_image_bytes(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over 2x: Pillow's own error, same answer
+    with pytest.raises(ImageReadError, match="decompression-bomb"):
+        decode_image_bytes(data)

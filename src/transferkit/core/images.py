@@ -150,8 +150,46 @@ def read_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
         raise ImageReadError(path, f"cannot be opened ({err.strerror or err})") from None
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    return _decode(path, path, draft_size)
+
+
+def decode_image_bytes(data: bytes, name: str = "upload", draft_size: tuple[int, int] | None = None,
+                       max_bytes: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """:func:`read_image` for bytes already in memory (an upload): the same modes, EXIF and truncation rules.
+
+    Stricter than files, since anyone who can reach a service can send them:
+    ``max_bytes`` bounds the encoded size, and images over ``max_pixels``
+    (default: Pillow's ``MAX_IMAGE_PIXELS``, where files only warn) are refused
+    before their pixels are decoded.
+
+    Args:
+        name: what error messages call the image (never opened as a path).
+
+    Raises:
+        ImageReadError: empty, too large, truncated, not an image, or a decompression bomb.
+    """
+    import io
+
+    if not data:
+        raise ImageReadError(name, "empty upload (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageReadError(name, f"upload of {len(data):,} bytes is over the {max_bytes:,}-byte limit")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as img:
+        return _decode(io.BytesIO(data), name, draft_size, limit)
+    except ImageReadError:
+        raise
+    except Exception as err:  # hostile bytes can trip any decoder; a service answers, never crashes
+        raise ImageReadError(name, f"unreadable image ({type(err).__name__})") from None
+
+
+def _decode(source, name, draft_size: tuple[int, int] | None, max_pixels: int | None = None) -> Image.Image:
+    """Open, bound, load, orient and convert one image; every failure becomes one :class:`ImageReadError`."""
+    try:
+        with Image.open(source) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ImageReadError(name, f"image is larger than the decompression-bomb limit "
+                                           f"({img.width}x{img.height} pixels, limit {max_pixels:,})")
             if draft_size is not None and img.format == "JPEG":
                 img.draft(None, draft_size)
             img.load()
@@ -160,15 +198,17 @@ def read_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
             except Exception:  # a broken EXIF block should not cost the picture
                 pass
             return to_rgb(img)
+    except ImageReadError:
+        raise
     except Image.DecompressionBombError:
-        raise ImageReadError(path, "image is larger than Pillow's decompression-bomb limit") from None
+        raise ImageReadError(name, "image is larger than Pillow's decompression-bomb limit") from None
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageReadError(name, "not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         reason = str(err) or type(err).__name__
         if "truncated" in reason.lower():
             reason = "truncated image file"
-        raise ImageReadError(path, f"unreadable image ({reason})") from None
+        raise ImageReadError(name, f"unreadable image ({reason})") from None
 
 
 @dataclass
