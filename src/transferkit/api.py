@@ -114,8 +114,6 @@ def predict(
         One ``{"path": str, "top": [{"label": str, "prob": float}, ...]}`` per
         readable image, in input order.
     """
-    import numpy as np
-
     if top_k < 1:
         raise TransferkitError("--top-k must be at least 1.")
     items = _collect(inputs, samples)  # cheap checks first: a typo in a path fails before any model loads
@@ -124,12 +122,15 @@ def predict(
     if not names_of_classes:
         raise TransferkitError(f"{tm.architecture} ({tm.task}) is not a classifier; use `transferkit features` instead.")
     probs, names, _ = _run(tm, items, "probs", batch_size, device, engine, strict, workers, "predict")
-    k = min(top_k, probs.shape[1])
-    order = np.argsort(-probs, axis=1)[:, :k]
-    return [
-        {"path": name, "top": [{"label": names_of_classes[j], "prob": float(p[j])} for j in idx]}
-        for name, p, idx in zip(names, probs, order)
-    ]
+    return [top_k_row(name, p, names_of_classes, top_k) for name, p in zip(names, probs)]
+
+
+def top_k_row(name: str, probs: Any, class_names: Sequence[str], top_k: int = 5) -> dict[str, Any]:
+    """One image's answer of :func:`predict` (and of ``transferkit serve``): ``{"path", "top": [{"label", "prob"}]}``."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(probs), kind="stable")[: max(1, min(int(top_k), len(probs)))]
+    return {"path": name, "top": [{"label": class_names[j], "prob": float(probs[j])} for j in order]}
 
 
 @dataclass

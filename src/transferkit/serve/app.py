@@ -1,0 +1,313 @@
+"""The FastAPI application of ``transferkit serve``.
+
+Routes: ``GET /`` (the page), ``GET /health``, ``GET /models``,
+``POST /models/{name}/predict`` (multipart image upload(s) in field ``file``, or
+JSON ``{"image": BASE64}``, ``{"images": [...]}``, ``{"text": ...}``,
+``{"texts": [...]}``), ``/docs`` and ``/openapi.json``.
+
+Safety: with a token every route but ``/``, ``/health`` and the docs needs
+``Authorization: Bearer TOKEN`` (compared in constant time); request bodies
+over the upload limit get 413 before they are read in full; a body that
+trickles in slower than the read timeout gets 408; every upload is decoded
+through :func:`transferkit.core.images.decode_image_bytes` (bad image, bomb:
+400 with one sentence); a request that waits longer than the request timeout
+for its model gets 503.  No route takes a server path: model names are keys of
+a dictionary filled at start.  CORS headers are never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from transferkit.errors import TransferkitError
+from transferkit.serve.batching import Batcher
+from transferkit.serve.handlers import Handler, Input, ServeOptions, load_handler, split_spec
+
+MAX_INPUTS = 64  # inputs in one request
+
+
+@dataclass
+class ServeSettings:
+    """Everything ``transferkit serve`` starts with (JSON-able, so ``--workers N`` processes get the same).
+
+    Attributes:
+        models: ``DIR`` or ``NAME=DIR`` per model.
+        max_batch: largest batch of concurrent requests (1: no batching).
+        max_wait_ms: how long a request waits for others to share its batch.
+        token: required as ``Authorization: Bearer TOKEN`` when set.
+        max_upload_mb: largest request body, in MB (413 beyond).
+        timeout_s: longest wait for a model's answer (503 beyond); also the body read timeout (408).
+    """
+
+    models: list[str] = field(default_factory=list)
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    token: str | None = None
+    max_upload_mb: float = 20.0
+    timeout_s: float = 30.0
+    device: str = "auto"
+    engine: str = "auto"
+    galleries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def load_models(settings: ServeSettings) -> dict[str, Handler]:
+    """Load every model once (errors name the directory); names must be unique."""
+    opts = ServeOptions(device=settings.device, engine=settings.engine, max_upload_bytes=settings.max_upload_bytes,
+                        galleries=dict(settings.galleries))
+    handlers: dict[str, Handler] = {}
+    for spec in settings.models:
+        name, path = split_spec(spec)
+        if name in handlers:
+            raise TransferkitError(f"Two models are called {name!r}; name them with NAME=DIR.")
+        handlers[name] = load_handler(name, path, opts)
+    if not handlers:
+        raise TransferkitError("Give at least one model directory to serve.")
+    return handlers
+
+
+def page_html() -> str:
+    """The single page at ``/`` (packaged next to this module; no external URL in it)."""
+    return resources.files("transferkit.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or counted), 408 for stalled bodies."""
+
+    def __init__(self, app: Any, limit: int, read_timeout: float):
+        self.app, self.limit, self.read_timeout = app, limit, read_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _plain(send, 413, f"The request body is over the {self.limit // (1024 * 1024)} MB upload limit.")
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            try:
+                msg = await asyncio.wait_for(receive(), self.read_timeout)
+            except asyncio.TimeoutError:
+                raise _Stalled() from None
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _plain(send, 413, f"The request body is over the {self.limit // (1024 * 1024)} MB upload limit.")
+        except _Stalled:
+            if not started:
+                await _plain(send, 408, f"The request body did not arrive within {self.read_timeout:g} s.")
+
+
+class _Stalled(Exception):
+    pass
+
+
+async def _plain(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _safe_name(name: str | None, default: str) -> str:
+    """What an upload is called in answers: the file name's last part only (it never reaches the filesystem)."""
+    if not name:
+        return default
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return "".join(ch for ch in base if ch.isprintable())[:200] or default
+
+
+def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = None):
+    """The FastAPI app; models are loaded now unless ``handlers`` are given."""
+    from contextlib import asynccontextmanager
+
+    from transferkit import __version__
+
+    handlers = handlers if handlers is not None else load_models(settings)
+    batchers = {name: Batcher(h.run, settings.max_batch, settings.max_wait_ms / 1000.0, name)
+                for name, h in handlers.items()}
+    page = page_html()
+    started_at = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for b in batchers.values():
+            b.start()
+        yield
+        for b in batchers.values():
+            await b.stop()
+
+    app = FastAPI(title="transferkit serve", version=__version__, lifespan=lifespan,
+                  description="Predictions of transferkit model directories. Each answer is the JSON that the "
+                              "task's CLI prints with --json, one object per input.")
+    app.state.handlers, app.state.batchers, app.state.settings = handlers, batchers, settings
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, read_timeout=settings.timeout_s)
+
+    def check_token(request: Request) -> None:
+        if settings.token is None:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+            raise HTTPException(401, "Missing or wrong token: send the header 'Authorization: Bearer TOKEN'.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(TransferkitError)
+    async def _user_error(request, err: TransferkitError):
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                           "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+                                           "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/health", summary="Liveness: ok and how many models are loaded")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": len(handlers), "uptime_s": round(time.time() - started_at, 1),
+                "auth": settings.token is not None}
+
+    @app.get("/models", summary="The models served: name, task, input kind, classes, input size",
+             dependencies=[Depends(check_token)])
+    async def models() -> list[dict[str, Any]]:
+        return [{**h.info(), "max_batch": settings.max_batch} for h in handlers.values()]
+
+    @app.get("/stats", summary="Batches run per model, by batch size", dependencies=[Depends(check_token)])
+    async def stats() -> dict[str, Any]:
+        return {name: {str(k): v for k, v in sorted(b.sizes.items())} for name, b in batchers.items()}
+
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
+                    "image": {"type": "string", "description": "base64 image bytes"},
+                    "images": {"type": "array", "items": {"type": "string"}},
+                    "text": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+                    "name": {"type": "string", "description": "what the answer calls the input"}}}},
+            },
+        }
+    }
+
+    @app.post("/models/{name}/predict", summary="Predict: one JSON object per input, as the CLI's --json",
+              dependencies=[Depends(check_token)], openapi_extra=body_doc)
+    async def predict(name: str, request: Request, top_k: int = 5) -> list[dict[str, Any]]:
+        handler = handlers.get(name)
+        if handler is None:
+            raise HTTPException(404, f"No model named {name!r}; GET /models lists them.")
+        inputs = await _read_inputs(request, {"top_k": top_k})
+        from starlette.concurrency import run_in_threadpool
+
+        async def one(inp: Input):
+            prepared = await run_in_threadpool(handler.prepare, inp)  # decode + preprocess off the event loop
+            return await batchers[name].submit(prepared)
+
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in inputs)), settings.timeout_s))
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"Model {name!r} did not answer within {settings.timeout_s:g} s; try again later.") from None
+
+    async def _read_inputs(request: Request, options: dict[str, Any]) -> list[Input]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        inputs: list[Input] = []
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=MAX_INPUTS, max_fields=16)
+            except (_TooLarge, _Stalled):
+                raise
+            except Exception as err:  # malformed multipart, too many parts
+                raise HTTPException(400, f"Unreadable multipart body ({getattr(err, 'detail', None) or err}).") from None
+            for key, value in form.multi_items():
+                if key != "file" or isinstance(value, str):
+                    raise HTTPException(400, f"Unexpected form field {key!r}: send images in the field 'file'.")
+                data = await value.read()
+                inputs.append(Input(name=_safe_name(value.filename, f"upload{len(inputs)}"), data=data, options=options))
+        elif ctype == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except (ValueError, UnicodeDecodeError):
+                raise HTTPException(400, "The request body is not valid JSON.") from None
+            inputs = _json_inputs(body, options)
+        else:
+            raise HTTPException(415, "Send multipart/form-data with images in the field 'file', or JSON "
+                                     "{\"image\": BASE64} / {\"text\": \"...\"}.")
+        if not inputs:
+            raise HTTPException(400, "The request holds no input: upload an image (field 'file') or send JSON.")
+        if len(inputs) > MAX_INPUTS:
+            raise HTTPException(400, f"At most {MAX_INPUTS} inputs per request.")
+        return inputs
+
+    return app
+
+
+def _json_inputs(body: Any, options: dict[str, Any]) -> list[Input]:
+    allowed = {"image", "images", "text", "texts", "name"}
+    if not isinstance(body, dict) or set(body) - allowed:
+        extra = sorted(set(body) - allowed) if isinstance(body, dict) else []
+        raise HTTPException(400, "JSON must be an object with image, images, text, texts or name"
+                                 + (f" (unexpected: {', '.join(extra)})." if extra else "."))
+    base = body.get("name") if isinstance(body.get("name"), str) else None
+    out: list[Input] = []
+    images = ([body["image"]] if "image" in body else []) + list(body.get("images") or [])
+    for i, b64 in enumerate(images):
+        if not isinstance(b64, str):
+            raise HTTPException(400, "Images in JSON must be base64 strings.")
+        if b64.startswith("data:") and "," in b64:
+            b64 = b64.split(",", 1)[1]
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPException(400, "An image in the JSON body is not valid base64.") from None
+        out.append(Input(name=_safe_name(base, f"image{i}") if len(images) == 1 else f"image{i}", data=data,
+                         options=options))
+    texts = ([body["text"]] if "text" in body else []) + list(body.get("texts") or [])
+    for t in texts:
+        if not isinstance(t, str):
+            raise HTTPException(400, "Texts in JSON must be strings.")
+        out.append(Input(name=_safe_name(base, "text"), text=t, options=options))
+    return out
+
+
+def app_from_env():
+    """App factory for ``--workers N`` (each uvicorn worker process loads the models itself)."""
+    settings = ServeSettings(**json.loads(os.environ["TRANSFERKIT_SERVE_SETTINGS"]))
+    return create_app(settings)

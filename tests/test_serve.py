@@ -1,0 +1,420 @@
+"""`transferkit serve`: the API for each task on tiny models, batching, the page, and the safety rows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tests.conftest import transferkit_cmd  # noqa: E402
+from transferkit.serve import check_bind, is_loopback  # noqa: E402
+from transferkit.serve.app import ServeSettings, create_app  # noqa: E402
+from transferkit.errors import TransferkitError  # noqa: E402
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def png(colour=(200, 40, 40), size=(24, 20), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- tiny models of each task
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Model directories of each servable task on main: untrained where serving does not care, tiny fits where a
+    task's files come only from its fit (seq2seq vocabularies, a Siamese threshold)."""
+    import timm
+
+    from transferkit.core import backbones, modeldir
+
+    root = tmp_path_factory.mktemp("serve_models")
+    out: dict[str, Path] = {}
+    # classifier: the test backbone, no weights
+    torch.manual_seed(0)
+    module = timm.create_model("test_efficientnet", num_classes=3).eval()
+    config = {"task": "pretrained", "architecture": "test_efficientnet", "num_classes": 3, "class_names": CLASSES,
+              "preprocessing": backbones.Preprocessing(input_size=(3, 32, 32), crop_pct=1.0).to_dict()}
+    out["clf"] = modeldir.TransferModel(module, config).save(root / "clf")
+    # autoencoder (dense, 8x8 grey), and a novelty run around it
+    from transferkit.core.datasets import ArrayData
+    from transferkit.tasks.autoencoder.config import AEConfig
+    from transferkit.tasks.autoencoder.train import build_network, model_config
+
+    arrays = ArrayData(np.zeros((4, 8, 8), np.uint8), None, [], "test")
+    aconf = model_config(AEConfig(kind="dense", hidden=(16,), latent=4), arrays, "test")
+    out["ae"] = modeldir.save_model_dir(build_network(aconf), aconf, root / "ae")
+    nov = root / "nov"
+    shutil.copytree(out["ae"], nov / "autoencoder" / "model")
+    (nov / "novelty.json").write_text(json.dumps({"method": "reconstruction", "threshold": 0.2,
+                                                  "autoencoder": "autoencoder", "percentile": 99}))
+    out["nov"] = nov
+    # seq2seq: a few seconds of training to reverse strings
+    from transferkit.tasks.seq2seq.train import Seq2seqConfig, fit as s2s_fit
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdef"), rng.integers(2, 6))) for _ in range(120)]
+    (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
+    cfg = Seq2seqConfig(level="char", hidden=16, embed=8, attention="none", dropout=0.0, label_smoothing=0.0,
+                        batch_size=32, epochs=1, patience=None, time_limit=None, beam=1, device="cpu", seed=0)
+    s2s_fit(cfg, root / "rev.tsv", root / "s2s")
+    out["s2s"] = root / "s2s"
+    return out
+
+
+@pytest.fixture(scope="module")
+def siamese_run(tmp_path_factory) -> dict[str, Path]:
+    """A small-cnn trained for a handful of steps on generated shapes (its fit stores a verification threshold)."""
+    from transferkit.tasks.siamese import SiameseConfig, fit
+
+    root = tmp_path_factory.mktemp("siamese")
+    rng = np.random.default_rng(0)
+    for split, n_ids in (("train", 8), ("gallery", 3)):
+        for k in range(n_ids):
+            d = root / split / f"id{k}"
+            d.mkdir(parents=True)
+            base = rng.integers(0, 255, (4, 4)).astype(np.float32)
+            for i in range(4):
+                img = np.kron(base, np.ones((8, 8))) + rng.normal(0, 10, (32, 32))
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    cfg = SiameseConfig(image_size=32, width=0.5, embedding=16, epochs=1, steps_per_epoch=3, batch_size=16, per_class=4,
+                        val_classes=0.25, warmup_steps=1, precision="32", device="cpu", seed=0, tta=0, augment_p=0.0,
+                        time_budget=None)
+    run = fit(cfg, root / "train", root / "run")
+    return {"run": Path(run), "gallery": root / "gallery"}
+
+
+def _client(models, names=("clf",), **kw) -> TestClient:
+    specs = [f"{n}={models[n]}" for n in names]
+    return TestClient(create_app(ServeSettings(models=specs, **kw)))
+
+
+@pytest.fixture(scope="module")
+def client(models):
+    with _client(models, ("clf", "ae", "nov", "s2s"), max_batch=8, max_wait_ms=300) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_health_and_models(client):
+    assert client.get("/health").json()["status"] == "ok"
+    r = client.get("/models")
+    assert r.status_code == 200, r.text
+    listed = {m["name"]: m for m in r.json()}
+    assert set(listed) == {"clf", "ae", "nov", "s2s"}
+    assert listed["clf"]["task"] == "pretrained" and listed["clf"]["classes"] == CLASSES
+    assert listed["clf"]["input_size"] == [3, 32, 32] and listed["clf"]["input"] == "image"
+    assert listed["s2s"]["input"] == "text" and listed["nov"]["threshold"] == 0.2
+    assert listed["ae"]["input_size"] == [1, 8, 8]
+
+
+def test_classifier_answers_like_predict_json(client, models, tmp_path):
+    import transferkit
+
+    data = png()
+    r = client.post("/models/clf/predict", files={"file": ("red.png", data, "image/png")}, params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    [got] = r.json()
+    assert got["path"] == "red.png" and len(got["top"]) == 2 and got["top"][0]["prob"] >= got["top"][1]["prob"]
+    (tmp_path / "red.png").write_bytes(data)
+    [want] = transferkit.predict([tmp_path / "red.png"], model=models["clf"], top_k=2)
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    assert got["top"][0]["prob"] == pytest.approx(want["top"][0]["prob"], abs=1e-5)
+    # JSON with base64 gives the same answer; several images in one request come back in order
+    r2 = client.post("/models/clf/predict", json={"image": base64.b64encode(data).decode(), "name": "x/../red.png"},
+                     params={"top_k": 2})
+    assert r2.json()[0]["top"] == got["top"] and r2.json()[0]["path"] == "red.png"
+    r3 = client.post("/models/clf/predict", files=[("file", ("a.png", png((0, 0, 255)))), ("file", ("b.png", data))])
+    assert [x["path"] for x in r3.json()] == ["a.png", "b.png"]
+
+
+def test_autoencoder_novelty_and_text(client):
+    [ae] = client.post("/models/ae/predict", files={"file": ("g.png", png((90, 90, 90)))}).json()
+    assert ae["score"] >= 0 and ae["reconstruction"].startswith("data:image/png;base64,")
+    [nov] = client.post("/models/nov/predict", files={"file": ("g.png", png((90, 90, 90)))}).json()
+    assert nov["score"] == pytest.approx(ae["score"], rel=1e-5) and nov["novel"] == (nov["score"] > 0.2)
+    r = client.post("/models/s2s/predict", json={"texts": ["abc", "fed"]})
+    assert r.status_code == 200, r.text
+    assert [x["source"] for x in r.json()] == ["abc", "fed"] and all("translation" in x for x in r.json())
+    # the wrong kind of input: one sentence, 400
+    r = client.post("/models/s2s/predict", files={"file": ("g.png", png())})
+    assert r.status_code == 400 and "text" in r.json()["detail"]
+    r = client.post("/models/clf/predict", json={"text": "hello"})
+    assert r.status_code == 400 and "image" in r.json()["detail"]
+
+
+def test_siamese_verify_with_a_gallery(siamese_run, tmp_path):
+    probe = next((siamese_run["gallery"] / "id1").glob("*.png")).read_bytes()
+    settings = ServeSettings(models=[f"faces={siamese_run['run']}"], galleries={"*": str(siamese_run["gallery"])})
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/models").json()[0]["classes"] == ["id0", "id1", "id2"]
+        [got] = c.post("/models/faces/predict", files={"file": ("p.png", probe)}).json()
+    from transferkit.tasks.siamese import verify
+
+    (tmp_path / "p.png").write_bytes(probe)
+    [want] = verify(siamese_run["run"], siamese_run["gallery"], [tmp_path / "p.png"])
+    assert got["identity"] == want["identity"] == "id1"  # its own gallery image: distance ~0
+    assert got["distance"] == pytest.approx(want["distance"], abs=1e-4) and got["match"] == want["match"]
+    with pytest.raises(TransferkitError, match="--gallery"):
+        create_app(ServeSettings(models=[str(siamese_run["run"])]))
+
+
+def test_unknown_task_is_refused_with_one_line(models, tmp_path):
+    d = tmp_path / "weird"
+    shutil.copytree(models["clf"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "task": "telepathy"}))
+    with pytest.raises(TransferkitError, match="cannot serve yet"):
+        create_app(ServeSettings(models=[str(d)]))
+    with pytest.raises(TransferkitError, match="Two models"):
+        create_app(ServeSettings(models=[f"a={models['clf']}", f"a={models['ae']}"]))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_concurrent_requests_are_batched_and_answer_as_alone(client):
+    batcher = client.app.state.batchers["clf"]
+    colours = [(i * 30 % 255, 200 - i * 20, i * 13 % 255) for i in range(8)]
+    alone = [client.post("/models/clf/predict", files={"file": (f"{i}.png", png(c))}).json()[0]
+             for i, c in enumerate(colours)]
+    batcher.sizes.clear()
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda ic: client.post("/models/clf/predict",
+                                                       files={"file": (f"{ic[0]}.png", png(ic[1]))}).json()[0],
+                                 enumerate(colours)))
+    assert sum(k * v for k, v in batcher.sizes.items()) == 8
+    assert max(batcher.sizes) > 1, batcher.sizes  # grouped, not one forward pass each
+    for a, t in zip(alone, together):
+        assert a["path"] == t["path"] and a["top"][0]["label"] == t["top"][0]["label"]
+        assert a["top"][0]["prob"] == pytest.approx(t["top"][0]["prob"], abs=1e-5)
+    assert client.get("/stats").json()["clf"]
+
+
+def test_max_batch_one_never_groups(models):
+    with _client(models, max_batch=1, max_wait_ms=300) as c:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda i: c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code,
+                                  range(6)))
+        assert codes == [200] * 6 and dict(c.app.state.batchers["clf"].sizes) == {1: 6}
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_is_served_and_offline(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "<select id=\"model\"" in html and "models/" in html
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.I), "the page must not load anything external"
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html, re.I)  # everything inline
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/models/{name}/predict" in spec["paths"]
+
+
+def test_page_round_trip_in_a_browser(client):
+    """A real browser (Playwright + Chromium) loads the page, uploads an image and sees label bars."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no system Chromium (chromium / chromium-browser) to drive")
+    port = _free_port()
+    proc = _start_server(["serve", f"clf={_models_cache['clf']}", "--port", str(port)])
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#model option")
+            tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"tk-serve-{port}.png"
+            tmp.write_bytes(png())
+            page.set_input_files("#file", str(tmp))
+            page.wait_for_selector(".bar", timeout=20000)
+            assert page.locator(".bar").count() == 3
+            browser.close()
+    finally:
+        _stop(proc)
+
+
+_models_cache: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _remember_models(request):
+    if "models" in request.fixturenames:
+        _models_cache.update(request.getfixturevalue("models"))
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def test_bad_uploads_are_400_with_one_sentence(client):
+    with open(os.devnull, "rb"):
+        pass
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="JPEG")
+    cases = {"not an image": b"hello, I am text", "truncated": buf.getvalue()[:200], "empty upload": b""}
+    for reason, data in cases.items():
+        r = client.post("/models/clf/predict", files={"file": ("x.jpg", data)})
+        assert r.status_code == 400 and reason in r.json()["detail"] and "\n" not in r.json()["detail"], r.text
+    assert client.post("/models/clf/predict", json={"image": "%%%"}).status_code == 400
+    assert client.post("/models/clf/predict", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/models/clf/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+    assert client.post("/models/clf/predict", files={"other": ("x.png", png())}).status_code == 400
+    # odd modes decode as in predict
+    for mode, colour in (("RGBA", (255, 0, 0, 0)), ("L", 90), ("P", 3), ("I;16", 4000), ("CMYK", (0, 255, 255, 0))):
+        buf = io.BytesIO()
+        Image.new(mode, (20, 20), colour).save(buf, format="TIFF" if mode == "CMYK" else "PNG")
+        assert client.post("/models/clf/predict", files={"file": ("m", buf.getvalue())}).status_code == 200, mode
+
+
+def test_decompression_bomb_is_400(models, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with _client(models) as c:
+        r = c.post("/models/clf/predict", files={"file": ("bomb.png", png(size=(40, 40)))})  # 1,600 px > 1,000
+    assert r.status_code == 400 and "decompression-bomb" in r.json()["detail"]
+
+
+def test_oversized_upload_is_413(models):
+    with _client(models, max_upload_mb=0.05) as c:  # 52 kB
+        big = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, format="PNG")
+        assert len(buf.getvalue()) > 0.05 * 1024 * 1024
+        r = c.post("/models/clf/predict", files={"file": ("big.png", buf.getvalue())})
+        assert r.status_code == 413 and "upload limit" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(20):
+                yield b"x" * 8192
+
+        r = c.post("/models/clf/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+def test_token_is_required_when_set(models):
+    with _client(models, token="s3cret") as c:
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+        assert c.get("/models").status_code == 401
+        assert c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code == 401
+        assert c.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/models", headers=ok).status_code == 200
+        assert c.post("/models/clf/predict", files={"file": ("a.png", png())}, headers=ok).status_code == 200
+
+
+def test_no_request_reaches_the_filesystem(client, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png())
+    for url in (f"/models/{secret}/predict", "/models/..%2F..%2Fetc%2Fpasswd/predict", "/models/../clf/predict",
+                f"/models/{secret.parent}%2Fsecret.png/predict"):
+        assert client.post(url, files={"file": ("a.png", png())}).status_code in (404, 405), url
+    r = client.post("/models/clf/predict", json={"path": str(secret)})
+    assert r.status_code == 400 and "unexpected: path" in r.json()["detail"]
+    r = client.post("/models/clf/predict", files={"file": (str(secret), b"not an image")})
+    assert r.status_code == 400  # the file name is only a name: its bytes are what is read
+    assert client.get(f"/{secret}").status_code == 404 and client.get("/page.html").status_code == 404
+
+
+def test_bind_rules():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    check_bind("127.0.0.1", None)
+    check_bind("0.0.0.0", "tok")
+    with pytest.raises(TransferkitError, match="without a token"):
+        check_bind("0.0.0.0", None)
+
+
+# --------------------------------------------------------------------------- the real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(args, env=None):
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([*transferkit_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=full)
+
+
+def _wait_up(proc, port, timeout=120):
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise AssertionError("server did not come up")
+
+
+def _stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_cli_refuses_public_host_without_token(models, cli):
+    r = cli("serve", models["clf"], "--host", "0.0.0.0", timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "without a token" in r.stderr
+    r = cli("serve", "/no/such/dir", timeout=60)
+    assert r.returncode == 2 and "No such model directory" in r.stderr
+
+
+def test_cli_serves_on_all_interfaces_with_token(models):
+    import httpx
+
+    port = _free_port()
+    proc = _start_server(["serve", f"clf={models['clf']}", "--host", "0.0.0.0", "--port", str(port), "--max-batch", "4"],
+                         env={"TRANSFERKIT_SERVE_TOKEN": "tok"})
+    try:
+        assert _wait_up(proc, port)["auth"] is True
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/models/clf/predict", files={"file": ("a.png", png())}).status_code == 401
+        r = httpx.post(f"{url}/models/clf/predict", files={"file": ("a.png", png())},
+                       headers={"Authorization": "Bearer tok"}, timeout=30)
+        assert r.status_code == 200 and r.json()[0]["top"][0]["label"] in CLASSES
+        assert "access-control-allow-origin" not in r.headers  # CORS off
+    finally:
+        _stop(proc)
