@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from transferkit.tasks.seq2seq.vocab import PAD
+from transferkit.core.decoding import select_state  # noqa: F401  (re-exported: decoding reorders states)
+from transferkit.core.vocab import PAD
 
 Cell = Literal["lstm", "gru"]
 Attention = Literal["none", "additive", "dot"]
@@ -100,13 +101,6 @@ class Memory:
     def select(self, idx: Tensor) -> "Memory":
         """Rows ``idx`` (beam search repeats and reorders sources)."""
         return Memory(self.outputs[idx], None if self.keys is None else self.keys[idx], self.mask[idx])
-
-
-def select_state(state: State, idx: Tensor) -> State:
-    """Rows ``idx`` of a recurrent state (the batch is dimension 1)."""
-    if isinstance(state, tuple):
-        return tuple(s[:, idx] for s in state)
-    return state[:, idx]
 
 
 class Encoder(nn.Module):
