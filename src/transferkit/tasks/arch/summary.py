@@ -224,6 +224,10 @@ def summarize(model: Any, input_shape: Sequence[int], depth: int | None = None, 
     never = [r.name for r in ordered_rows if r.calls == 0 and r.params]
     if never:
         notes.append(f"{len(never)} module(s) with parameters did not run in this forward pass: {', '.join(never[:5])}")
+    bn_channels = sum(int(m.running_mean.numel()) for _, m in modules
+                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
+    if bn_channels:
+        notes.append(keras_note(total, bn_channels))
     return Summary(
         model=name or type(model).__name__,
         input_shape=list(input_shape),
@@ -236,6 +240,23 @@ def summarize(model: Any, input_shape: Sequence[int], depth: int | None = None, 
         buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
         notes=notes,
     )
+
+
+def keras_note(params: int, bn_channels: int) -> str:
+    """How this count relates to the one Keras' ``model.summary()`` prints for the same network.
+
+    Keras counts BatchNorm's moving mean and variance as (non-trainable)
+    parameters; PyTorch keeps them as buffers.  And Keras' Inception v3 and
+    Inception-ResNet v2 build their BatchNorm layers with ``scale=False`` (no
+    gamma), so per channel Keras has 3 numbers (beta, mean, variance) where
+    this table has 2 (gamma, beta): their Keras totals are this total plus one
+    per BatchNorm channel (23,834,568 + 17,216 = 23,851,784 and
+    55,843,464 + 30,272 = 55,873,736, the lectures' figures).
+    """
+    return (f"Keras' model.summary() would count BatchNorm's moving mean and variance as parameters too: "
+            f"{params:,} + 2 x {bn_channels:,} BatchNorm channels = {params + 2 * bn_channels:,}; for networks whose "
+            f"BatchNorm has no scale (Keras' Inception v3 and Inception-ResNet v2 use scale=False) the Keras count is "
+            f"{params:,} + {bn_channels:,} = {params + bn_channels:,}.")
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
