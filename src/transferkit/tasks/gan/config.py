@@ -1,0 +1,126 @@
+"""Options of `gan fit`, with documented defaults (every field is a flag: ``adv_weight`` -> ``--adv-weight``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from transferkit.core.config import doc
+from transferkit.core.engine import TrainConfig
+from transferkit.errors import TransferkitError
+
+KINDS = ("dcgan", "pix2pix")
+
+
+@dataclass
+class GANConfig(TrainConfig):
+    """How to train a GAN (``transferkit gan fit``)."""
+
+    kind: Literal["dcgan", "pix2pix"] = doc(
+        "dcgan: random numbers -> images (Radford et al. 2016); pix2pix: image -> image translation (Isola et al. 2017)",
+        "dcgan")
+    image_size: Optional[int] = doc(
+        "side of the square images trained on (dcgan: a multiple of 4 from 16 to 128; pix2pix: a power of two "
+        "from 16 to 256); default: 28 for MNIST, 32 for other dcgan data, 64 for pix2pix", None)
+    grayscale: bool = doc("read image folders as grey (default: colour; MNIST and Omniglot are always grey)", False)
+    epochs: Optional[int] = doc("training epochs (default: 5 for dcgan, 20 for pix2pix; --time-budget can stop earlier)", None)
+    max_steps: Optional[int] = doc("stop after this many generator steps (None: no limit)", None)
+    time_budget: Optional[float] = doc("stop training after this many minutes (the model so far is kept)", None)
+    batch_size: int = doc("samples per batch", 64)
+    lr: float = doc("generator learning rate (Adam)", 2e-4)
+    lr_d: Optional[float] = doc("discriminator learning rate (default: --lr, or 2x --lr with --ttur: two time-scale update rule)", None)
+    beta1: float = doc("Adam beta1 for both networks (Radford et al.: 0.5)", 0.5)
+    latent: int = doc("dcgan: size of the random vector z", 100)
+    width: int = doc("channels of the networks' widest-but-one layer scale: generator/discriminator base width (ngf = ndf)", 64)
+    conditional: bool = doc("dcgan: class-conditional (one-hot labels into both networks), from class folders or MNIST labels", False)
+    label_smoothing: float = doc("one-sided label smoothing: the discriminator's target for real images is 1 - this (0: off)", 0.1)
+    spectral_norm: bool = doc("spectral normalisation of the discriminator's layers (replaces its batch norm)", True)
+    ttur: bool = doc("two time-scale update rule: the discriminator learns 2x faster unless --lr-d is given", False)
+    ema: Optional[float] = doc("decay of the exponential moving average of the generator used for samples and the saved "
+                               "model (None or 0: off)", 0.999)
+    # pix2pix
+    adv_weight: float = doc("pix2pix: weight of the conditional GAN loss (0: the plain L1-trained U-Net)", 1.0)
+    l1_weight: float = doc("pix2pix: weight of the L1 loss to the target (Isola et al.: 100)", 100.0)
+    direction: Literal["AtoB", "BtoA"] = doc("pix2pix: translate A into B or B into A (A/ B/ folders or side-by-side A|B images)", "AtoB")
+    edges: bool = doc("pix2pix: make (edges, photo) pairs from any folder of photos with OpenCV Canny edges", False)
+    jitter: bool = doc("pix2pix: random jitter (resize to 1.12x, random crop back) and mirroring of each pair", True)
+    # data and outputs
+    val_fraction: float = doc("held-out part of DATA (for FID over epochs, pix2pix triplets and eval)", 0.1)
+    max_images: Optional[int] = doc("use at most this many images (a seeded random subset)", None)
+    fid_every: int = doc("compute FID on the held-out images every N epochs (0: only at the end; needs EfficientNet-Lite0 "
+                         "features: slow on a CPU)", 0)
+    fid: bool = doc("compute FID/KID (and for pix2pix L1/PSNR/SSIM) on the held-out images at the end of fit", True)
+    fid_samples: int = doc("images per side for the FID figures of fit (real held-out vs generated)", 500)
+    features: str = doc("feature network of FID/KID: a backbone name or a model directory (e.g. a LeNet-5 trained on digits)",
+                        "efficientnet_lite0")
+    feature_size: Optional[int] = doc("side of the images fed to the feature network (default: its own, 224 for "
+                                      "EfficientNet-Lite0; smaller is faster but gives other figures)", None)
+    threads: Optional[int] = doc("CPU threads for PyTorch (None: PyTorch's default)", None)
+    collapse_steps: int = doc("warn (and record) when the discriminator's loss stays below 0.01 this many steps in a row", 200)
+
+    def resolved_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return 5 if self.kind == "dcgan" else 20
+
+    def resolved_size(self, data_is_mnist: bool) -> int:
+        if self.image_size is not None:
+            return self.image_size
+        if self.kind == "pix2pix":
+            return 64
+        return 28 if data_is_mnist else 32
+
+    @property
+    def d_lr(self) -> float:
+        if self.lr_d is not None:
+            return self.lr_d
+        return self.lr * 2 if self.ttur else self.lr
+
+    @property
+    def ema_decay(self) -> float:
+        return float(self.ema or 0.0)
+
+    def validate(self) -> None:
+        """The mistakes that can be caught before reading any data."""
+        if self.epochs is not None and self.epochs < 1:
+            raise TransferkitError(f"--epochs must be at least 1 (got {self.epochs}).")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TransferkitError(f"--max-steps must be at least 1 (got {self.max_steps}).")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise TransferkitError(f"--time-budget must be a positive number of minutes (got {self.time_budget}).")
+        if self.batch_size < 2:
+            raise TransferkitError(f"--batch-size must be at least 2 (got {self.batch_size}).")
+        if self.lr <= 0 or (self.lr_d is not None and self.lr_d <= 0):
+            raise TransferkitError("--lr and --lr-d must be positive.")
+        if not 0 <= self.beta1 < 1:
+            raise TransferkitError(f"--beta1 must be in [0, 1) (got {self.beta1}).")
+        if self.latent < 1 or self.width < 4:
+            raise TransferkitError("--latent must be at least 1 and --width at least 4.")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise TransferkitError(f"--label-smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise TransferkitError(f"--ema must be in [0, 1) (got {self.ema}).")
+        if self.adv_weight < 0 or self.l1_weight < 0 or self.adv_weight + self.l1_weight == 0:
+            raise TransferkitError("--adv-weight and --l1-weight must not be negative, and not both 0.")
+        if not 0 <= self.val_fraction < 1:
+            raise TransferkitError(f"--val-fraction must be in [0, 1) (got {self.val_fraction}).")
+        if self.fid_every < 0 or self.fid_samples < 4:
+            raise TransferkitError("--fid-every must not be negative and --fid-samples must be at least 4.")
+        if self.max_images is not None and self.max_images < 4:
+            raise TransferkitError("--max-images must be at least 4.")
+        if self.threads is not None and self.threads < 1:
+            raise TransferkitError("--threads must be at least 1.")
+        if self.kind == "dcgan" and self.edges:
+            raise TransferkitError("--edges is for --kind pix2pix.")
+        if self.kind == "pix2pix" and self.conditional:
+            raise TransferkitError("--conditional is for --kind dcgan (pix2pix is conditioned on its input image).")
+        if self.image_size is not None:
+            check_size(self.kind, self.image_size)
+
+
+def check_size(kind: str, size: int) -> None:
+    if kind == "dcgan":
+        if size % 4 or not 16 <= size <= 128:
+            raise TransferkitError(f"--image-size for dcgan must be a multiple of 4 from 16 to 128 (got {size}).")
+    elif size & (size - 1) or not 16 <= size <= 256:
+        raise TransferkitError(f"--image-size for pix2pix must be a power of two from 16 to 256 (got {size}).")

@@ -1,0 +1,318 @@
+"""GAN task: network shapes, manual optimisation, conditional generation, pix2pix pairs and edges, FID/KID,
+save/load, the collapse watch, the CLI.  Tiny generated data (16 px), tiny networks, precision "32"."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferkit.cli.main import main
+from transferkit.errors import TransferkitError
+from transferkit.tasks.gan import GANConfig, evaluate, fit, predict, sample, translate
+from transferkit.tasks.gan import models
+from transferkit.tasks.gan.data import canny_edges, read_pairs, split_side_by_side
+from transferkit.tasks.gan.metrics import FeatureNet, fid, fid_report, fid_torchmetrics, kid
+from transferkit.tasks.gan.module import DCGANModule, Pix2PixModule
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def blob(rng, colour, side=16):
+    im = np.full((side, side, 3), 255, np.uint8)
+    cy, cx = rng.integers(4, side - 4, 2)
+    yy, xx = np.mgrid[:side, :side]
+    im[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = colour
+    return im
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """Two classes of two-colour blob images, 16 x 16."""
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    for name, col in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(24):
+            Image.fromarray(blob(rng, col)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Photo-like images with shapes (for edges): random rectangles on a gradient, 40 x 40."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        im = np.tile(np.linspace(60, 200, 40, dtype=np.uint8)[None, :, None], (40, 1, 3))
+        y, x = rng.integers(4, 24, 2)
+        im[y : y + 12, x : x + 12] = (0, 0, 0) if i % 3 else (255, 255, 40)
+        Image.fromarray(im.astype(np.uint8)).save(root / f"p{i}.jpg" if i % 2 else root / f"p{i}.png")
+    return root
+
+
+def tiny(**kw):
+    base = dict(image_size=16, epochs=1, batch_size=8, width=8, latent=8, precision="32", fid_samples=8,
+                feature_size=64, val_fraction=0.25, seed=0)
+    base.update(kw)
+    return GANConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dcgan_run(blobs, tmp_path_factory):
+    return fit(tiny(conditional=True, epochs=2, fid=False), blobs, tmp_path_factory.mktemp("runs") / "cgan")
+
+
+@pytest.fixture(scope="module")
+def p2p_run(photos, tmp_path_factory):
+    return fit(tiny(kind="pix2pix", edges=True, epochs=2, batch_size=4, fid_samples=4, val_fraction=0.34), photos,
+               tmp_path_factory.mktemp("runs") / "p2p")
+
+
+# --------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("size", [16, 28, 32, 48, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes(size, channels):
+    g = models.DCGANGenerator(latent=10, channels=channels, size=size, width=4, num_classes=3)
+    d = models.DCGANDiscriminator(channels, size, width=4, num_classes=3, spectral_norm=size == 32)
+    y = torch.tensor([0, 2])
+    x = g(torch.randn(2, 10), y)
+    assert x.shape == (2, channels, size, size)
+    assert float(x.detach().abs().max()) <= 1.0  # tanh
+    assert d(x, y).shape == (2,)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_pix2pix_shapes(size):
+    g = models.UNetGenerator(1, 3, size, width=4)
+    d = models.PatchDiscriminator(4, width=4, n_layers=models.patch_layers(size))
+    a = torch.randn(2, 1, size, size)
+    out = g(a)
+    assert out.shape == (2, 3, size, size)
+    patches = d(a, out)
+    assert patches.shape[:2] == (2, 1) and patches.shape[2] == patches.shape[3] > 1
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(TransferkitError, match="multiple of 4"):
+        GANConfig(kind="dcgan", image_size=30).validate()
+    with pytest.raises(TransferkitError, match="power of two"):
+        GANConfig(kind="pix2pix", image_size=48).validate()
+
+
+# --------------------------------------------------------------------------- manual optimisation
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def _changed(before, m):
+    return any(not torch.equal(b, p.detach()) for b, p in zip(before, m.parameters()))
+
+
+def _run_steps(module, batches):
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(max_epochs=1, precision="32", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=4))
+
+
+def test_dcgan_optimisers_own_their_network_and_both_step():
+    g = models.DCGANGenerator(8, 1, 16, 4)
+    d = models.DCGANDiscriminator(1, 16, 4, spectral_norm=True)
+    module = DCGANModule(g, d, label_smoothing=0.1, ema=0.9)
+    opt_g, opt_d = module.configure_optimizers()
+    ids = lambda opt: {id(p) for grp in opt.param_groups for p in grp["params"]}  # noqa: E731
+    assert ids(opt_g) == {id(p) for p in g.parameters()}
+    assert ids(opt_d) == {id(p) for p in d.parameters()}
+    assert not ids(opt_g) & ids(opt_d)
+    assert opt_g.param_groups[0]["betas"][0] == 0.5 and opt_g.param_groups[0]["lr"] == 2e-4
+    g0, d0, e0 = _params(g), _params(d), _params(module.g_ema)
+    data = torch.utils.data.TensorDataset(torch.rand(8, 1, 16, 16) * 2 - 1, torch.zeros(8, dtype=torch.long))
+    _run_steps(module, data)
+    assert module.gen_steps == 2
+    assert _changed(g0, g) and _changed(d0, d) and _changed(e0, module.g_ema)
+
+
+def test_pix2pix_steps_both_and_l1_only_leaves_d_alone():
+    for adv in (1.0, 0.0):
+        g = models.UNetGenerator(1, 3, 16, 4)
+        d = models.PatchDiscriminator(4, 4, 1)
+        module = Pix2PixModule(g, d, adv_weight=adv)
+        g0, d0 = _params(g), _params(d)
+        data = torch.utils.data.TensorDataset(torch.rand(8, 1, 16, 16) * 2 - 1, torch.rand(8, 3, 16, 16) * 2 - 1)
+        _run_steps(module, data)
+        assert _changed(g0, g)
+        assert _changed(d0, d) == (adv > 0)
+
+
+def test_collapse_watch_reports_a_winning_discriminator(capsys):
+    module = DCGANModule(models.DCGANGenerator(8, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4), collapse_steps=5)
+    for _ in range(4):
+        module.watch(1e-4, 0.0)
+    module.watch(0.5, 0.0)  # a healthy step resets the streak
+    assert module.collapse is None
+    for _ in range(5):
+        module.watch(1e-4, 0.0)
+    assert module.collapse is not None and module.collapse["steps"] == 5
+    assert "discriminator has won" in capsys.readouterr().err
+    smoothed = DCGANModule(models.DCGANGenerator(8, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4), label_smoothing=0.1)
+    assert smoothed.d_floor == pytest.approx(0.325, abs=1e-3)  # the lowest loss reachable with target 0.9
+
+
+def test_conditional_generator_follows_the_label():
+    torch.manual_seed(0)
+    g = models.DCGANGenerator(8, 3, 16, 8, num_classes=2).eval()
+    z = torch.randn(4, 8)
+    a, b = g(z, torch.zeros(4, dtype=torch.long)), g(z, torch.ones(4, dtype=torch.long))
+    assert (a - b).abs().mean() > 0.1 * a.abs().mean()  # the label changes the image as much as z does
+    assert torch.equal(a, g(z, torch.zeros(4, dtype=torch.long)))
+
+
+# --------------------------------------------------------------------------- pix2pix data
+
+
+def test_side_by_side_and_direction(tmp_path):
+    left = np.zeros((20, 20, 3), np.uint8)
+    right = np.full((20, 20, 3), 200, np.uint8)
+    for i in range(3):
+        Image.fromarray(np.concatenate([left, right], axis=1)).save(tmp_path / f"{i}.png")
+    a, b = split_side_by_side(np.concatenate([left, right], axis=1))
+    assert a.max() == 0 and b.min() == 200
+    ab = read_pairs(tmp_path, 16)
+    assert ab.layout == "side-by-side" and ab.a.max() == 0 and ab.b.min() == 200
+    ba = read_pairs(tmp_path, 16, direction="BtoA")
+    assert ba.a.min() == 200 and ba.b.max() == 0
+
+
+def test_a_b_folders_pair_by_name(tmp_path):
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    for i, v in enumerate((10, 90, 170)):
+        Image.fromarray(np.full((16, 16), v, np.uint8)).save(tmp_path / "A" / f"x{i}.png")
+        Image.fromarray(np.full((16, 16, 3), 255 - v, np.uint8)).save(tmp_path / "B" / f"x{i}.jpg")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "A" / "lonely.png")
+    p = read_pairs(tmp_path, 16)
+    assert p.layout == "A/B folders" and p.names == ["x0", "x1", "x2"]
+    assert p.a.ndim == 3  # grey A stays one channel
+    assert np.all(np.abs(p.a.mean(axis=(1, 2)) + p.b.mean(axis=(1, 2)) - 255) < 3)
+
+
+def test_edges_pairs_line_up_with_their_photos(photos):
+    p = read_pairs(photos, 32, edges=True)
+    assert p.layout == "edges" and len(p) == 12
+    for a, b in zip(p.a, p.b):
+        assert np.array_equal(a, canny_edges(b))  # the edges of that very photo
+        assert a.min() == 0 and a.max() == 255  # black lines on white
+
+
+def test_pairs_errors(tmp_path):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "square.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "square2.png")
+    with pytest.raises(TransferkitError, match="side-by-side"):
+        read_pairs(tmp_path, 16)
+
+
+# --------------------------------------------------------------------------- FID / KID
+
+
+def test_fid_kid_of_a_set_with_itself_and_a_shifted_set():
+    torch.manual_seed(0)
+    f = torch.randn(200, 16, dtype=torch.float64)
+    assert fid(f, f) < 1e-6
+    assert fid(f, f + 1.0) == pytest.approx(16.0, rel=0.05)  # |mean difference|^2
+    assert kid(f, f + 1.0)[0] > 10 * abs(kid(f[:100], f[100:])[0])
+    g = torch.randn(150, 16, dtype=torch.float64) @ torch.randn(16, 16, dtype=torch.float64) + 0.3
+    assert fid(f, g) == pytest.approx(fid_torchmetrics(f, g), rel=1e-4)  # torchmetrics' value, faster
+
+
+def test_fid_on_offline_image_features(blobs):
+    fn = FeatureNet("efficientnet_lite0", size=64)  # EfficientNet needs >= 64 px to see 16 px blobs
+    rng = np.random.default_rng(3)
+
+    def images(colour):
+        return torch.from_numpy(np.stack([blob(rng, COLOURS[colour]) for _ in range(24)])).permute(0, 3, 1, 2) / 127.5 - 1
+
+    red, red2, blue = fn(images("red")), fn(images("red")), fn(images("blue"))
+    assert fid(red, red) < 1e-3
+    r = fid_report(torch.cat([red, red2]), blue)
+    assert r["fid"] > 3 * r["fid_floor"] and r["n_real"] == r["n_fake"] == 24
+
+
+# --------------------------------------------------------------------------- runs, save/load, predict
+
+
+def test_dcgan_run_folder(dcgan_run):
+    for name in ("config.yaml", "split.json", "steps.csv", "metrics.json", "report.html", "model/config.json",
+                 "model/model.safetensors", "samples/epoch_000.png", "samples/epoch_002.png", "samples/final.png"):
+        assert (dcgan_run / name).is_file(), name
+    res = json.loads((dcgan_run / "metrics.json").read_text())
+    assert res["steps"] == 2 * (36 // 8) and res["n_train"] == 36  # 2 epochs, full batches only
+    html = (dcgan_run / "report.html").read_text()
+    assert "data-file='losses.png'" in html and "data-file='epoch_002.png'" in html
+    conf = json.loads((dcgan_run / "model" / "config.json").read_text())
+    assert conf["task"] == "gan" and conf["conditional"] and conf["classes"] == ["blue", "red"]
+
+
+def test_saved_generator_samples_the_same_grid_in_a_fresh_process(dcgan_run, tmp_path):
+    here = sample(dcgan_run, n=8, out=tmp_path / "a.png", seed=5)[0]
+    code = ("import sys; from transferkit.tasks.gan import sample; "
+            f"sample({str(dcgan_run)!r}, n=8, out={str(tmp_path / 'b.png')!r}, seed=5)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert here.read_bytes() == (tmp_path / "b.png").read_bytes()
+    other = sample(dcgan_run, n=8, out=tmp_path / "c.png", seed=6)[0]
+    assert other.read_bytes() != here.read_bytes()
+    files = sample(dcgan_run, n=3, out=tmp_path / "each", label="red")
+    assert len(files) == 3 and Image.open(files[0]).size == (16, 16)
+    strip = sample(dcgan_run, n=5, out=tmp_path / "walk.png", interpolate=True)[0]
+    assert Image.open(strip).size[0] > Image.open(strip).size[1]
+
+
+def test_predict_contract(dcgan_run, p2p_run, photos):
+    rows = predict(dcgan_run, ["red", "blue"])
+    assert [r["label"] for r in rows] == ["red", "blue"]
+    img = Image.open(io.BytesIO(base64.b64decode(rows[0]["png_base64"])))
+    assert img.size == (16, 16)
+    json.dumps(rows)
+    rows = predict(p2p_run, [str(photos / "p0.png")])
+    assert rows[0]["path"].endswith("p0.png") and Image.open(io.BytesIO(base64.b64decode(rows[0]["png_base64"]))).mode == "RGB"
+
+
+def test_pix2pix_run_translate_and_eval(p2p_run, photos, tmp_path):
+    assert (p2p_run / "samples" / "epoch_001.png").is_file()
+    res = json.loads((p2p_run / "metrics.json").read_text())
+    assert {"fid", "fid_floor", "l1", "psnr", "ssim"} <= set(res)
+    out = translate(p2p_run, [photos], tmp_path / "out")
+    assert len(out) == 12 and Image.open(out[0]).size == (16, 16)
+    r = evaluate(p2p_run, photos, feature_size=64)
+    assert r["split"] == "held-out" and {"fid", "kid", "fid_floor", "n_real", "n_fake", "l1", "psnr", "ssim"} <= set(r)
+
+
+def test_cli_sample_eval_and_bad_input(dcgan_run, blobs, tmp_path, capsys):
+    assert main(["gan", "sample", str(dcgan_run), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    capsys.readouterr()
+    assert main(["gan", "eval", str(dcgan_run), str(blobs), "--feature-size", "64", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"fid", "kid", "fid_floor", "n_real", "n_fake"} <= set(res)
+    for argv, words in (
+        (["gan", "fit", str(tmp_path / "missing"), "--out", str(tmp_path / "r")], "No such"),
+        (["gan", "fit", str(blobs), "--out", str(tmp_path / "r"), "--image-size", "30"], "multiple of 4"),
+        (["gan", "sample", str(dcgan_run), "--out", str(tmp_path / "x.png"), "--label", "green"], "Unknown --label"),
+        (["gan", "translate", str(dcgan_run), str(blobs), "--out", str(tmp_path / "t")], "DCGAN model"),
+        (["gan", "fit", str(blobs), "--out", str(tmp_path / "r"), "--kind", "pix2pix"], "side-by-side"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and words in err and len(err.splitlines()) == 1 and "Traceback" not in err
