@@ -287,6 +287,8 @@ def test_predict_contract(dcgan_run, p2p_run, photos):
     json.dumps(rows)
     rows = predict(p2p_run, [str(photos / "p0.png")])
     assert rows[0]["path"].endswith("p0.png") and Image.open(io.BytesIO(base64.b64decode(rows[0]["png_base64"]))).mode == "RGB"
+    served = predict(p2p_run, [("upload.png", Image.open(photos / "p0.png"))])  # what `transferkit serve` passes
+    assert served[0]["png_base64"] == rows[0]["png_base64"]
 
 
 def test_pix2pix_run_translate_and_eval(p2p_run, photos, tmp_path):

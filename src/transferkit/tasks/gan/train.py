@@ -478,27 +478,34 @@ def sample(run_dir: Any, n: int = 64, out: str | os.PathLike = "samples.png", se
 
 
 def _inputs_for(tm, images: Sequence[Any], sketch: bool = False):
-    """Model inputs (N, C, S, S) in [-1, 1] from image files (photos are turned into edges for an edges model)."""
-    import torch
+    """Model inputs (N, C, S, S) in [-1, 1] from image files, folders, globs, PIL images or (name, PIL image)
+    pairs (what ``transferkit serve`` passes); photos become edges for an edges model unless ``sketch``."""
+    from PIL import Image
 
     from transferkit.core.images import list_images, read_image
     from transferkit.tasks.gan.data import _square, canny_edges, to_tensor
 
     c = tm.config
     size, cin = int(c["image_size"]), int(c["in_channels"])
-    paths = list_images([os.fspath(p) for p in images])
+    named: list[tuple[Path, Any]] = []
+    for item in images:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Image.Image):
+            named.append((Path(str(item[0])), item[1]))
+        elif isinstance(item, Image.Image):
+            named.append((Path(f"image{len(named)}"), item))
+        else:
+            named.extend((p, None) for p in list_images([os.fspath(item)]))
     arrs = []
-    for p in paths:
-        img = np.asarray(read_image(p).convert("RGB"), dtype=np.uint8)
+    for p, img in named:
+        img = np.asarray((img if img is not None else read_image(p)).convert("RGB"), dtype=np.uint8)
         img = _square(img, size)
         if c.get("edges") and c.get("direction", "AtoB") == "AtoB" and not sketch:
             img = canny_edges(img)
-        arrs.append(img)
-    x = np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, -1) for a in arrs])
-    t = to_tensor(x)  # (N, 3, S, S)
+        arrs.append(img if img.ndim == 3 else np.repeat(img[..., None], 3, -1))
+    t = to_tensor(np.stack(arrs))  # (N, 3, S, S)
     if cin == 1:
         t = t.mean(dim=1, keepdim=True)
-    return paths, t if cin != 1 else t.to(torch.float32)
+    return [p for p, _ in named], t
 
 
 def translate(run_dir: Any, images: Sequence[Any], out: str | os.PathLike, sketch: bool = False) -> list[Path]:
