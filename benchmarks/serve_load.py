@@ -2,10 +2,12 @@
 
 Saves EfficientNet-Lite0 (bundled ImageNet weights) as a model directory,
 measures the offline images/s of ``transferkit predict``'s loop on the photos
-(engine set-up excluded), then for ``--max-batch 32`` and ``--max-batch 1`` starts ``transferkit
-serve`` on loopback and runs, for each client count, that many concurrent
-clients (asyncio + httpx, keep-alive) posting the real photos (multipart, in a
-fixed cycle) for ``--duration`` seconds each.  Reports requests/s, latency
+(engine set-up excluded; before and after, averaged), then starts two
+``transferkit serve`` processes on loopback, ``--max-batch 32`` and ``--max-batch
+1``, and for each client count runs that many concurrent clients (asyncio +
+httpx, keep-alive) posting the real photos (multipart, in a fixed cycle) for
+``--duration`` seconds per server, in ``--slices`` alternating slices so that
+load from elsewhere on the machine falls on both sides alike.  Reports requests/s, latency
 p50/p95/p99, errors, and the mean batch size the server ran (its ``/stats``).
 Clients and server share the machine's cores, as they would on one host.
 
@@ -54,8 +56,8 @@ def start_server(model_dir: Path, max_batch: int, port: int) -> subprocess.Popen
     raise SystemExit("server did not start")
 
 
-async def load(url: str, photos: list[tuple[str, bytes]], clients: int, duration: float) -> dict:
-    """``clients`` concurrent posters for ``duration`` s: latencies of the requests that finished in time."""
+async def load(url: str, photos: list[tuple[str, bytes]], clients: int, duration: float) -> tuple[list[float], int, float]:
+    """``clients`` concurrent posters for ``duration`` s: (latencies of the answered requests, errors, seconds)."""
     import httpx
 
     lat: list[float] = []
@@ -83,32 +85,40 @@ async def load(url: str, photos: list[tuple[str, bytes]], clients: int, duration
     t0 = time.perf_counter()
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
         await asyncio.gather(*(client(k, http) for k in range(clients)))
-    wall = time.perf_counter() - t0
+    return lat, errors, time.perf_counter() - t0
+
+
+def summary(clients: int, lat: list[float], errors: int, wall: float) -> dict:
     arr = np.asarray(lat) * 1000 if lat else np.zeros(1)
     return {"clients": clients, "requests": len(lat), "errors": errors, "seconds": round(wall, 1),
             "req_per_s": round(len(lat) / wall, 2), "p50_ms": round(float(np.percentile(arr, 50)), 1),
             "p95_ms": round(float(np.percentile(arr, 95)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1)}
 
 
-def offline_speed(model_dir: Path, paths: list[Path]) -> float:
-    """Steady-state images/s of `transferkit predict`'s own loop on the photos: decoding in DataLoader workers,
-    batches of 32 through the same engine (ONNX Runtime), engine set-up excluded (second pass timed)."""
+def offline_speed(model_dir: Path, paths: list[Path]) -> tuple[float, float]:
+    """Images/s offline on the photos: (``transferkit.predict`` end to end, as a user runs it: its DataLoader
+    workers and in-memory ONNX export included; the same loop in steady state: engine built once, decoding
+    in this thread, batches of 32).  Each timed after a warm-up pass."""
     import transferkit
     from transferkit.core.images import SkipLog
     from transferkit.core.inference import OutputHead, Runner, draft_for, iter_batches
 
     tm = transferkit.load(model_dir)
+    transferkit.predict(paths[:8], model=tm)
+    t = time.perf_counter()
+    transferkit.predict(paths, model=tm)
+    end_to_end = len(paths) / (time.perf_counter() - t)
     pre = tm.preprocessing
     runner = Runner(OutputHead.make(tm.module, "probs"), pre.input_size)
 
     def one_pass() -> float:
         t = time.perf_counter()
-        for _, batch in iter_batches(paths, tm.transform(), 32, None, SkipLog(), draft_for(pre)):
+        for _, batch in iter_batches(paths, tm.transform(), 32, 0, SkipLog(), draft_for(pre)):
             runner(batch)
         return time.perf_counter() - t
 
     one_pass()
-    return len(paths) / one_pass()
+    return end_to_end, len(paths) / one_pass()
 
 
 def main() -> None:
@@ -116,6 +126,8 @@ def main() -> None:
     ap.add_argument("photos", help="folder of photos (searched recursively)")
     ap.add_argument("--clients", default="1,8,32", help="concurrent client counts (default: 1,8,32)")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per client count and mode (default: 30)")
+    ap.add_argument("--slices", type=int, default=3,
+                    help="each client count alternates the two servers this many times (default: 3)")
     ap.add_argument("--max-photos", type=int, default=128, help="photos cycled through (default: 128)")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
@@ -129,43 +141,64 @@ def main() -> None:
     paths = list_images([args.photos])[: args.max_photos]
     photos = [(p.name, p.read_bytes()) for p in paths]
     counts = [int(c) for c in args.clients.split(",")]
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} (other work on the machine slows both sides)", flush=True)
+    modes = (32, 1)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = transferkit.load("efficientnet_lite0").save(Path(tmp) / "lite0")
-        offline = offline_speed(model_dir, paths)
-        print(f"offline `transferkit predict`: {offline:.1f} images/s on {len(paths)} photos", flush=True)
-        rows = []
-        for max_batch in (32, 1):
-            port = free_port()
-            proc = start_server(model_dir, max_batch, port)
-            try:
-                url = f"http://127.0.0.1:{port}/models/lite0/predict"
-                asyncio.run(load(url, photos[:8], 2, 3.0))  # warm-up, not counted
-                for n in counts:
-                    before = httpx.get(f"http://127.0.0.1:{port}/stats").json()["lite0"]
-                    res = asyncio.run(load(url, photos, n, args.duration))
-                    after = httpx.get(f"http://127.0.0.1:{port}/stats").json()["lite0"]
-                    batches = {int(k): v - before.get(k, 0) for k, v in after.items()}
+        offline_runs = [offline_speed(model_dir, paths)]
+        print(f"offline on {len(paths)} photos: transferkit.predict {offline_runs[0][0]:.1f} images/s, "
+              f"steady-state loop {offline_runs[0][1]:.1f} images/s", flush=True)
+        ports = {m: free_port() for m in modes}
+        procs = {}
+        try:
+            for m in modes:  # both servers up at once; an idle one costs nothing
+                procs[m] = start_server(model_dir, m, ports[m])
+            urls = {m: f"http://127.0.0.1:{ports[m]}" for m in modes}
+            for m in modes:
+                asyncio.run(load(f"{urls[m]}/models/lite0/predict", photos[:8], 2, 3.0))  # warm-up, not counted
+            rows = []
+            for n in counts:
+                acc = {m: ([], 0, 0.0) for m in modes}
+                before = {m: httpx.get(f"{urls[m]}/stats").json()["lite0"] for m in modes}
+                for _ in range(args.slices):  # alternate the two servers so drifting load hits both alike
+                    for m in modes:
+                        lat, err, wall = asyncio.run(load(f"{urls[m]}/models/lite0/predict", photos, n,
+                                                          args.duration / args.slices))
+                        a = acc[m]
+                        acc[m] = (a[0] + lat, a[1] + err, a[2] + wall)
+                for m in modes:
+                    after = httpx.get(f"{urls[m]}/stats").json()["lite0"]
+                    batches = {int(k): v - before[m].get(k, 0) for k, v in after.items()}
                     n_b = sum(batches.values())
-                    res.update(max_batch=max_batch, mean_batch=round(sum(k * v for k, v in batches.items()) / max(n_b, 1), 2),
-                               vs_offline=round(res["req_per_s"] / offline, 2))
+                    res = summary(n, *acc[m])
+                    res.update(max_batch=m, mean_batch=round(sum(k * v for k, v in batches.items()) / max(n_b, 1), 2))
                     rows.append(res)
                     print(json.dumps(res), flush=True)
-            finally:
+        finally:
+            for proc in procs.values():
                 proc.terminate()
                 proc.wait(30)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"transferkit {transferkit.__version__}; offline predict {offline:.1f} images/s")
-    print("| clients | max-batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | vs offline |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        offline_runs.append(offline_speed(model_dir, paths))
+    offline = float(np.mean([o[0] for o in offline_runs]))
+    steady = float(np.mean([o[1] for o in offline_runs]))
+    for r in rows:
+        r["vs_offline"] = round(r["req_per_s"] / offline, 2)
+        r["vs_steady"] = round(r["req_per_s"] / steady, 2)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; transferkit {transferkit.__version__}")
+    print(f"offline images/s (before / after the load runs): transferkit.predict {offline_runs[0][0]:.1f} / "
+          f"{offline_runs[1][0]:.1f}, steady-state loop {offline_runs[0][1]:.1f} / {offline_runs[1][1]:.1f}")
+    print("| clients | max-batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | vs predict | vs steady loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['max_batch']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-              f"{r['errors']} | {r['mean_batch']} | {r['vs_offline']}x |")
+              f"{r['errors']} | {r['mean_batch']} | {r['vs_offline']}x | {r['vs_steady']}x |")
     for n in counts:
         b = next(r for r in rows if r["clients"] == n and r["max_batch"] == 32)
         u = next(r for r in rows if r["clients"] == n and r["max_batch"] == 1)
         print(f"{n} clients: batched / unbatched requests/s = {b['req_per_s'] / max(u['req_per_s'], 1e-9):.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps({"offline_images_per_s": offline, "rows": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"offline_images_per_s": offline_runs, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

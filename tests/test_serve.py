@@ -246,21 +246,33 @@ def test_page_is_served_and_offline(client):
     assert "/models/{name}/predict" in spec["paths"]
 
 
-def test_page_round_trip_in_a_browser(client):
+def test_page_script_parses(client, tmp_path):
+    """The page's JavaScript is at least valid (node --check) where Node.js is installed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js to check the page's script")
+    script = re.search(r"<script>(.*)</script>", client.get("/").text, re.S).group(1)
+    (tmp_path / "page.js").write_text(script, encoding="utf-8")
+    r = subprocess.run([node, "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_page_round_trip_in_a_browser(models, tmp_path):
     """A real browser (Playwright + Chromium) loads the page, uploads an image and sees label bars."""
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no system Chromium (chromium / chromium-browser) to drive")
     port = _free_port()
-    proc = _start_server(["serve", f"clf={_models_cache['clf']}", "--port", str(port)])
+    proc = _start_server(["serve", f"clf={models['clf']}", "--port", str(port)])
     try:
+        _wait_up(proc, port)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#model option")
-            tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"tk-serve-{port}.png"
+            page.wait_for_selector("#model option", state="attached")
+            tmp = tmp_path / "red.png"
             tmp.write_bytes(png())
             page.set_input_files("#file", str(tmp))
             page.wait_for_selector(".bar", timeout=20000)
@@ -270,21 +282,10 @@ def test_page_round_trip_in_a_browser(client):
         _stop(proc)
 
 
-_models_cache: dict[str, Path] = {}
-
-
-@pytest.fixture(autouse=True)
-def _remember_models(request):
-    if "models" in request.fixturenames:
-        _models_cache.update(request.getfixturevalue("models"))
-
-
 # --------------------------------------------------------------------------- safety
 
 
 def test_bad_uploads_are_400_with_one_sentence(client):
-    with open(os.devnull, "rb"):
-        pass
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="JPEG")
     cases = {"not an image": b"hello, I am text", "truncated": buf.getvalue()[:200], "empty upload": b""}
