@@ -191,6 +191,56 @@ def test_siamese_verify_with_a_gallery(siamese_run, tmp_path):
         create_app(ServeSettings(models=[str(siamese_run["run"])]))
 
 
+@pytest.fixture(scope="module")
+def gen_models(tmp_path_factory) -> dict[str, Path]:
+    """A conditional DCGAN, a pix2pix and a captioner, each fitted for a moment on generated images."""
+    from tests.caption_data import make_shapes
+    from tests.test_gan import COLOURS as BLOB_COLOURS, blob, tiny
+    from transferkit.tasks.caption.train import CaptionConfig, fit as cap_fit
+    from transferkit.tasks.gan import fit as gan_fit
+
+    root = tmp_path_factory.mktemp("gen")
+    rng = np.random.default_rng(0)
+    for name, col in BLOB_COLOURS.items():
+        (root / "blobs" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(blob(rng, col)).save(root / "blobs" / name / f"{i}.png")
+        (root / "pairs").mkdir(exist_ok=True)
+        for i in range(4):
+            Image.fromarray(np.concatenate([blob(rng, col), blob(rng, col)], axis=1)).save(root / "pairs" / f"{name}{i}.png")
+    out = {"gan": gan_fit(tiny(conditional=True, epochs=1, fid=False), root / "blobs", root / "cgan")}
+    out["p2p"] = gan_fit(tiny(kind="pix2pix", epochs=1, batch_size=4, fid=False, val_fraction=0.25), root / "pairs",
+                         root / "p2p")
+    os.environ.setdefault("TRANSFERKIT_CACHE", str(root / "cache"))
+    data = make_shapes(root / "shapes", n_per=2, size=32)
+    cfg = CaptionConfig(encoder="test_efficientnet", weights="none", embed=16, hidden=16, min_count=1, epochs=1,
+                        batch_size=16, precision="32", patience=None, time_budget=None, val_fraction=0.25,
+                        device="cpu", beam=1, val_images=4)
+    cap_fit(cfg, data, root / "cap")
+    out["cap"] = root / "cap"
+    return out
+
+
+def test_gan_and_caption(gen_models):
+    specs = [f"{k}={v}" for k, v in gen_models.items()]
+    with TestClient(create_app(ServeSettings(models=specs, max_batch=4))) as c:
+        listed = {m["name"]: m for m in c.get("/models").json()}
+        assert listed["gan"]["input"] == "generate" and listed["gan"]["classes"] == ["blue", "red"]
+        assert listed["p2p"]["input"] == "image" and listed["cap"]["task"] == "caption"
+        r = c.post("/models/gan/predict", json={"n": 3, "seed": 5, "label": "red"})
+        assert r.status_code == 200, r.text
+        rows = r.json()
+        assert len(rows) == 3 and all(x["label"] == "red" for x in rows)
+        img = Image.open(io.BytesIO(base64.b64decode(rows[0]["png_base64"])))
+        assert img.size == (16, 16)
+        assert c.post("/models/gan/predict", json={"n": 3, "seed": 5, "label": "red"}).json() == rows  # seeded
+        assert c.post("/models/gan/predict", json={"n": 1000}).status_code == 400
+        [tr] = c.post("/models/p2p/predict", files={"file": ("b.png", png((30, 30, 220), (16, 16)))}).json()
+        assert tr["path"] == "b.png" and Image.open(io.BytesIO(base64.b64decode(tr["png_base64"]))).size == (16, 16)
+        [cap] = c.post("/models/cap/predict", files={"file": ("s.png", png((200, 40, 40), (32, 32)))}).json()
+        assert cap["path"] == "s.png" and isinstance(cap["caption"], str) and "score" in cap
+
+
 def test_unknown_task_is_refused_with_one_line(models, tmp_path):
     d = tmp_path / "weird"
     shutil.copytree(models["clf"], d)

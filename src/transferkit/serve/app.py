@@ -223,6 +223,8 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
                     "image": {"type": "string", "description": "base64 image bytes"},
                     "images": {"type": "array", "items": {"type": "string"}},
                     "text": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}},
+                    "n": {"type": "integer", "description": "generators: images to draw"},
+                    "seed": {"type": "integer"}, "label": {"type": "string", "description": "conditional generators"},
                     "name": {"type": "string", "description": "what the answer calls the input"}}}},
             },
         }
@@ -234,7 +236,7 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
         handler = handlers.get(name)
         if handler is None:
             raise HTTPException(404, f"No model named {name!r}; GET /models lists them.")
-        inputs = await _read_inputs(request, {"top_k": top_k})
+        inputs = await _read_inputs(request, {"top_k": top_k}, handler)
         from starlette.concurrency import run_in_threadpool
 
         async def one(inp: Input):
@@ -242,11 +244,13 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
             return await batchers[name].submit(prepared)
 
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in inputs)), settings.timeout_s))
+            answers = await asyncio.wait_for(asyncio.gather(*(one(i) for i in inputs)), settings.timeout_s)
+            # an input may have several answers (a generator's images): they follow each other in order
+            return [row for a in answers for row in (a if isinstance(a, list) else [a])]
         except asyncio.TimeoutError:
             raise HTTPException(503, f"Model {name!r} did not answer within {settings.timeout_s:g} s; try again later.") from None
 
-    async def _read_inputs(request: Request, options: dict[str, Any]) -> list[Input]:
+    async def _read_inputs(request: Request, options: dict[str, Any], handler: Handler) -> list[Input]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         inputs: list[Input] = []
         if ctype == "multipart/form-data":
@@ -266,7 +270,7 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
                 body = json.loads(await request.body())
             except (ValueError, UnicodeDecodeError):
                 raise HTTPException(400, "The request body is not valid JSON.") from None
-            inputs = _json_inputs(body, options)
+            inputs = _json_inputs(body, options, handler.kind == "generate")
         else:
             raise HTTPException(415, "Send multipart/form-data with images in the field 'file', or JSON "
                                      "{\"image\": BASE64} / {\"text\": \"...\"}.")
@@ -279,12 +283,14 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
     return app
 
 
-def _json_inputs(body: Any, options: dict[str, Any]) -> list[Input]:
-    allowed = {"image", "images", "text", "texts", "name"}
+def _json_inputs(body: Any, options: dict[str, Any], generate: bool = False) -> list[Input]:
+    allowed = {"image", "images", "text", "texts", "name", "n", "seed", "label"}
     if not isinstance(body, dict) or set(body) - allowed:
         extra = sorted(set(body) - allowed) if isinstance(body, dict) else []
-        raise HTTPException(400, "JSON must be an object with image, images, text, texts or name"
-                                 + (f" (unexpected: {', '.join(extra)})." if extra else "."))
+        raise HTTPException(400, "JSON must be an object with image, images, text, texts, name (or n, seed, label "
+                                 "for a generator)" + (f" (unexpected: {', '.join(extra)})." if extra else "."))
+    if generate:  # a generator takes options only: how many, which seed, which class
+        return [Input(name="sample", options={**options, **{k: body[k] for k in ("n", "seed", "label") if k in body}})]
     base = body.get("name") if isinstance(body.get("name"), str) else None
     out: list[Input] = []
     images = ([body["image"]] if "image" in body else []) + list(body.get("images") or [])

@@ -70,7 +70,7 @@ class Handler:
     """Base class: a loaded model that answers batches."""
 
     task = "?"
-    kind = "image"  # what a request sends: image or text
+    kind = "image"  # what a request sends: image, text, or generate (JSON options only)
 
     def __init__(self, name: str, path: Path, config: dict[str, Any], opts: ServeOptions):
         self.name, self.path, self.config, self.opts = name, path, config, opts
@@ -334,6 +334,73 @@ class TranslateHandler(Handler):
         return self.tr.translate(list(items))
 
 
+# --------------------------------------------------------------------------- captions and generators
+
+
+class CaptionHandler(Handler):
+    """An image captioning model: ``{"path", "caption", "score"}`` as ``caption predict --json`` (the
+    :class:`~transferkit.tasks.caption.Captioner` is loaded once)."""
+
+    task = "caption"
+
+    def __init__(self, name, path, config, opts):
+        super().__init__(name, path, config, opts)
+        from transferkit.tasks.caption import Captioner, predict
+
+        self.cap = Captioner.load(path, device="cpu" if opts.device == "auto" else opts.device)
+        self.predict = predict
+
+    def info(self):
+        return {**super().info(), "classes": None}
+
+    def prepare(self, inp: Input):
+        return inp.name, self.decode(inp)
+
+    def run(self, items):
+        return self.predict(self.cap, list(items))
+
+
+class GanHandler(Handler):
+    """A GAN.  DCGAN (kind ``generate``): JSON ``{"n", "seed", "label"}`` in, one ``{"index", "seed", ["label"],
+    "png_base64"}`` per generated image out; pix2pix (an image in): ``{"path", "png_base64"}``; both as the
+    task's ``predict``."""
+
+    task = "gan"
+    max_n = 64
+
+    def __init__(self, name, path, config, opts):
+        super().__init__(name, path, config, opts)
+        from transferkit.tasks.gan import predict
+        from transferkit.tasks.gan.train import load_gan
+
+        self.model, _ = load_gan(path)
+        self.predict = predict
+        self.dcgan = self.model.config["kind"] == "dcgan"
+        self.kind = "generate" if self.dcgan else "image"
+
+    def info(self):
+        c = self.model.config
+        return {**super().info(), "classes": list(c.get("classes") or []) or None, "gan": c["kind"],
+                "input_size": [int(c.get("in_channels", c.get("channels", 3))), int(c["image_size"]), int(c["image_size"])]}
+
+    def prepare(self, inp: Input):
+        if not self.dcgan:
+            return inp.name, self.decode(inp)
+        try:
+            n, seed = int(inp.options.get("n", 8)), int(inp.options.get("seed", 0))
+        except (TypeError, ValueError):
+            raise TransferkitError("n and seed must be integers.") from None
+        if not 1 <= n <= self.max_n:
+            raise TransferkitError(f"n must be between 1 and {self.max_n}.")
+        return n, seed, inp.options.get("label")
+
+    def run(self, items):
+        if not self.dcgan:
+            return self.predict(self.model, list(items))
+        # each request is its own draw (its seed); the answer for one input is the list of its images
+        return [self.predict(self.model, None, n=n, seed=seed, label=label) for n, seed, label in items]
+
+
 # --------------------------------------------------------------------------- tasks that follow the contract
 
 
@@ -384,6 +451,8 @@ register("autoencoder", _autoencoder)
 register("novelty", NoveltyHandler)
 register("siamese", VerifyHandler)
 register("seq2seq", TranslateHandler)
+register("caption", CaptionHandler)
+register("gan", GanHandler)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
