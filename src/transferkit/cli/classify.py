@@ -89,11 +89,13 @@ def run_eval(args: argparse.Namespace) -> int:
                    workers=args.workers, strict=args.strict)
     out = sys.stdout
     if args.json:
-        keys = ("accuracy", "per_class", "n", "macro_f1", "confusion_matrix", "classes", "skipped")
+        keys = ("accuracy", "ci95", "per_class", "n", "macro_f1", "confusion_matrix", "classes", "skipped")
         out.write(json.dumps({k: res[k] for k in keys}, ensure_ascii=False) + "\n")
         return 0
     classes = res["classes"]
-    out.write(f"accuracy {res['accuracy']:.4f} on {res['n']} images (macro F1 {res['macro_f1']:.4f})\n\n")
+    lo, hi = res["ci95"]
+    out.write(f"accuracy {res['accuracy']:.4f} on {res['n']} images (95% Wilson interval {lo:.3f}-{hi:.3f}; "
+              f"macro F1 {res['macro_f1']:.4f})\n\n")
     width = max(8, *(len(c) for c in classes))
     out.write(f"{'class':<{width}}  precision  recall      f1  support\n")
     for c in classes:

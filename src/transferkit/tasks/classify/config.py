@@ -47,6 +47,10 @@ class ClassifyConfig(TrainConfig, AugmentConfig):
     flip_features: bool = doc("features strategy: also train on the features of mirrored training images", True)
     refit: bool = doc("features strategy (logistic/svm): after measuring on the validation part, fit the saved model's "
                       "head on training + validation images", True)
+    cv: int = doc("features strategy (logistic/svm head): K of the repeated stratified K-fold cross-validation on all "
+                  "labelled images (train + validation), reported as mean and spread next to the single split's "
+                  "accuracy; 0 turns it off; other strategies do not run it (one training per fold would cost too much)", 5)
+    cv_repeats: int = doc("features strategy: how many times the K-fold cross-validation is repeated with new folds", 2)
     feature_cache: bool = doc("features strategy: keep computed features in the on-disk cache ($TRANSFERKIT_CACHE/features)", True)
     # --- the new head of the trained strategies
     head_layers: tuple[int, ...] = doc("hidden dense layers of the new head, e.g. 512,256 (empty: a single linear layer)", ())
@@ -95,6 +99,10 @@ class ClassifyConfig(TrainConfig, AugmentConfig):
             from transferkit.core.freezing import parse_lr_range
 
             parse_lr_range(self.lr_range)
+        if self.cv == 1 or self.cv < 0:
+            raise TransferkitError(f"--cv must be 0 (off) or at least 2 folds (got {self.cv}).")
+        if self.cv_repeats < 1:
+            raise TransferkitError(f"--cv-repeats must be at least 1 (got {self.cv_repeats}).")
         if self.head_c <= 0:
             raise TransferkitError(f"--head-c must be positive (got {self.head_c}).")
         if self.restarts < 0 or self.head_epochs < 0 or self.stage_epochs < 1 or self.warmup_epochs < 0:

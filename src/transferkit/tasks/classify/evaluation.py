@@ -11,8 +11,25 @@ import numpy as np
 from transferkit.errors import TransferkitError
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of ``correct`` out of ``n`` (``(0, 1)`` when n is 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not a
+    zero-width interval at 100%: 49/49 gives (0.927, 1.0).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def metrics_from_probs(probs: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
-    """``{"accuracy", "per_class": {name: {precision, recall, f1, support}}, "n", "confusion_matrix", "classes", "macro_f1"}``.
+    """``{"accuracy", "ci95", "per_class": {name: {precision, recall, f1, support}}, "n", "confusion_matrix", "classes", "macro_f1"}``.
+
+    ``ci95`` is the 95% Wilson interval of the accuracy (:func:`wilson_interval`).
 
     Rows of the confusion matrix are true classes, columns predictions.
     """
@@ -27,8 +44,10 @@ def metrics_from_probs(probs: np.ndarray, labels: Sequence[int], classes: Sequen
         for i, name in enumerate(classes)
     }
     present = [i for i in range(k) if s[i] > 0]
+    correct = int((pred == y).sum()) if len(y) else 0
     return {
         "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+        "ci95": list(wilson_interval(correct, len(y))),
         "per_class": per_class,
         "n": int(len(y)),
         "macro_f1": float(np.mean([f[i] for i in present])) if present else 0.0,

@@ -41,6 +41,7 @@ class FeatureFit:
     trained_epochs: int = 0
     refit: bool = False                   # head refitted on training + validation images for the saved model
     n_fit_rows: int = 0
+    cv: dict[str, Any] | None = None      # cross_validate()'s result, or None
 
 
 class _Mirrored:
@@ -281,6 +282,41 @@ def _linear_head_state(X: np.ndarray, y: np.ndarray, k: int, cfg: Any) -> dict[s
     return head.state_dict()
 
 
+def cross_validate(X: np.ndarray, y: np.ndarray, X_flip: np.ndarray | None, k: int, folds: int, repeats: int,
+                   head: str, c: float, balanced: bool, seed: int) -> dict[str, Any]:
+    """Repeated stratified K-fold cross-validation of the linear head on cached features.
+
+    Each fold standardises and fits on its training rows (plus their mirror
+    images' rows when ``X_flip`` is given: never the held-out images' mirrors)
+    and scores the held-out rows.  ``folds`` is lowered to the smallest class's
+    size when a class has fewer images.
+
+    Returns:
+        ``{"mean", "std", "folds", "repeats", "n", "fold_accuracies", "min", "max"}``; ``std`` is the
+        standard deviation over all folds (the spread of one fold's estimate).
+    """
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    counts = np.bincount(y, minlength=k)
+    folds = int(min(folds, counts[counts > 0].min()))
+    if folds < 2:
+        raise TransferkitError("Cross-validation needs at least two images of every class.")
+    accs: list[float] = []
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    for tr, te in splitter.split(X, y):
+        Xtr, ytr = X[tr], y[tr]
+        if X_flip is not None:
+            Xtr, ytr = np.concatenate([Xtr, X_flip[tr]]), np.concatenate([ytr, y[tr]])
+        mean, scale = Xtr.mean(axis=0), Xtr.std(axis=0)
+        scale[scale < 1e-6] = 1.0
+        W, b = _fit_linear(head, (Xtr - mean) / scale, ytr, k, c, balanced, seed)
+        pred = (((X[te] - mean) / scale) @ W.T + b).argmax(1)
+        accs.append(float((pred == y[te]).mean()))
+    a = np.asarray(accs)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "folds": folds,
+            "repeats": repeats, "n": int(len(y)), "fold_accuracies": accs, "min": float(a.min()), "max": float(a.max())}
+
+
 def run(split: Any, backbone: Any, architecture: str, preprocessing: Any, cfg: Any, run_dir: Path, resume: bool,
         skips: Any) -> FeatureFit:
     """Extract (cached) features, fit the head, and return everything the trainer needs.
@@ -303,6 +339,15 @@ def run(split: Any, backbone: Any, architecture: str, preprocessing: Any, cfg: A
     if refit:
         state = _linear_head_state(*sf.training_rows(with_val=True), k, cfg)
     t2 = time.perf_counter()
+    timings = {"features": t1 - t0, "head": t2 - t1}
+    cv = None
+    if cfg.cv and cfg.head in ("logistic", "svm"):
+        X = np.concatenate([sf.Xtr, sf.Xva])
+        y = np.concatenate([sf.ytr, sf.yva])
+        flip = None
+        if sf.Xtr_flip is not None and sf.Xva_flip is not None:
+            flip = np.concatenate([sf.Xtr_flip, sf.Xva_flip])
+        cv = cross_validate(X, y, flip, k, cfg.cv, cfg.cv_repeats, cfg.head, cfg.head_c, cfg.class_weights, cfg.seed)
+        timings["cross-validation"] = time.perf_counter() - t2
     n_rows = len(sf.training_rows(with_val=True)[1]) if refit else len(ytr)
-    return FeatureFit(state, hidden, probs, sf.val_ok, sf.train_ok, {"features": t1 - t0, "head": t2 - t1}, sf.stats,
-                      curve, epochs, refit, n_rows)
+    return FeatureFit(state, hidden, probs, sf.val_ok, sf.train_ok, timings, sf.stats, curve, epochs, refit, n_rows, cv)

@@ -110,8 +110,20 @@ def write_report(run_dir: Path, cfg: Any, classes: list[str], split: Any, result
     from transferkit.core.report import Report, confusion_figure, plot_curves
 
     rep = Report(run_dir, f"Classifier: {cfg.strategy} strategy, {cfg.backbone}")
-    rep.text(f"Validation accuracy {metrics['accuracy']:.2%} on {metrics['n']} images "
-             f"(macro F1 {metrics['macro_f1']:.3f}); {len(classes)} classes; split: {split.how}.")
+    lo, hi = metrics["ci95"]
+    rep.text(f"Validation accuracy {metrics['accuracy']:.2%} on {metrics['n']} images, 95% Wilson interval "
+             f"{lo:.1%} to {hi:.1%} (macro F1 {metrics['macro_f1']:.3f}); {len(classes)} classes; split: {split.how}.")
+    cv = result.get("cv")
+    if cv:
+        rep.text(f"Cross-validated accuracy: {cv['mean']:.2%} +- {cv['std']:.2%} (mean +- standard deviation over "
+                 f"{cv['folds']}-fold stratified cross-validation repeated {cv['repeats']} times on all {cv['n']} "
+                 f"labelled images, folds from {cv['min']:.1%} to {cv['max']:.1%}). This is the better estimate of "
+                 "accuracy on new images: the single split above holds only {0} images.".format(metrics["n"]))
+    if metrics["n"] and (hi - lo) / 2 > 0.03:
+        rep.text(f"Note: with {metrics['n']} validation images the 95% interval is {(hi - lo) / 2:.1%} either side; "
+                 "strategies or backbones whose accuracies differ by less than that cannot be told apart on this "
+                 "split" + (" (compare cross-validated accuracies instead)." if cv else
+                            " (the features strategy's --cv K gives a cross-validated estimate)."))
     rows = []
     for name in classes:
         ntr = int(sum(1 for y in split.train.labels if classes[y] == name))

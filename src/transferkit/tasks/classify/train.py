@@ -126,6 +126,8 @@ def fit(cfg: ClassifyConfig, data: str | os.PathLike, out: str | os.PathLike, re
     training = {
         "strategy": cfg.strategy, "backbone": cfg.backbone, "weights": cfg.weights, "data": str(data),
         "split": split.how, "val_accuracy": metrics["accuracy"], "epochs": result.get("epochs", 0),
+        "val_ci95": metrics["ci95"],
+        "cv_accuracy": ({k: result["cv"][k] for k in ("mean", "std", "folds", "repeats", "n")} if result.get("cv") else None),
     }
     mconf = {
         "task": "classify",
@@ -144,13 +146,18 @@ def fit(cfg: ClassifyConfig, data: str | os.PathLike, out: str | os.PathLike, re
     timings["total"] = time.perf_counter() - t_start
     summary = {"val_accuracy": metrics["accuracy"], "n_val": metrics["n"], "per_class": metrics["per_class"],
                "confusion_matrix": metrics["confusion_matrix"], "classes": classes, "strategy": cfg.strategy,
-               "timings": timings, "epochs": result.get("epochs", 0), "feature_cache": result.get("cache")}
+               "timings": timings, "epochs": result.get("epochs", 0), "feature_cache": result.get("cache"),
+               "val_ci95": metrics["ci95"], "cv": result.get("cv")}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
 
     from transferkit.tasks.classify.report import write_report
 
     write_report(run_dir, cfg, classes, split, result, metrics, timings)
-    _say(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['n']} images; "
+    lo, hi = metrics["ci95"]
+    cv = result.get("cv")
+    cv_text = (f"; {cv['folds']}-fold cross-validation x{cv['repeats']} on all {cv['n']} images: "
+               f"{cv['mean']:.4f} +- {cv['std']:.4f}") if cv else ""
+    _say(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['n']} images (95% CI {lo:.3f}-{hi:.3f}){cv_text}; "
          f"model in {run_dir / 'model'}, report in {run_dir / 'report.html'} ({timings['total']:.1f} s)")
     return run_dir
 
@@ -176,7 +183,7 @@ def _fit_features(cfg, split, backbone, arch, pre, run_dir, resume, skips) -> di
         "val_labels": [split.val.labels[i] for i in ff.val_ok],
         "val_paths": [split.val.paths[i] for i in ff.val_ok], "val_images": None,
         "timings": ff.timings, "cache": ff.cache, "reg_curve": ff.reg_curve, "epochs": ff.trained_epochs,
-        "n_train": len(ff.train_ok), "groups": [], "refit": ff.refit,
+        "n_train": len(ff.train_ok), "groups": [], "refit": ff.refit, "cv": ff.cv,
     }
 
 
