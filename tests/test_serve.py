@@ -320,6 +320,8 @@ def test_page_round_trip_in_a_browser(models, tmp_path):
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
             page = browser.new_page()
+            seen: list[str] = []
+            page.on("request", lambda req: seen.append(req.url))
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#model option", state="attached")
             tmp = tmp_path / "red.png"
@@ -327,7 +329,11 @@ def test_page_round_trip_in_a_browser(models, tmp_path):
             page.set_input_files("#file", str(tmp))
             page.wait_for_selector(".bar", timeout=20000)
             assert page.locator(".bar").count() == 3
+            labels = page.locator(".bar .lab").all_inner_texts()
+            assert sorted(labels) == sorted(CLASSES)
             browser.close()
+        outside = [u for u in seen if not u.startswith((f"http://127.0.0.1:{port}/", "blob:", "data:"))]
+        assert not outside, outside  # offline: nothing but this server
     finally:
         _stop(proc)
 
