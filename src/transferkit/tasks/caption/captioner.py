@@ -64,11 +64,26 @@ class Captioner:
     def has_attention(self) -> bool:
         return self.model.decoder.attention == "soft"
 
-    def features(self, items: Sequence[Any], batch_size: int = 32, skips: Any = None):
-        """Yield (indices into ``items``, decoder input features) for the readable images."""
+    def features(self, items: Sequence[Any], batch_size: int = 32, skips: Any = None, cache: bool = False):
+        """Yield (indices into ``items``, decoder input features) for the readable images.
+
+        ``cache``: image files go through the feature cache (``core.featcache``), so scoring the same
+        images again (another beam size) skips the encoder; in-memory images are always computed.
+        """
         import torch
 
         from transferkit.core.inference import iter_batches
+
+        if cache and items and all(not isinstance(it, tuple) for it in items):
+            from transferkit.tasks.caption.features import cached_features
+
+            enc = self.config["encoder"]
+            res = cached_features(items, self.model.encoder, enc["architecture"], self.preprocessing, self.model.layer,
+                                  device=str(self.device), skips=skips)
+            feats = torch.from_numpy(res.features)
+            for start in range(0, len(res.ok), batch_size):
+                yield res.ok[start : start + batch_size], feats[start : start + batch_size].to(self.device)
+            return
 
         tf = self.preprocessing.transform()
         workers = 0 if len(items) < 4 * batch_size else None
@@ -77,7 +92,7 @@ class Captioner:
                 yield idx, self.model.features(batch.to(self.device))
 
     def caption(self, items: Sequence[Any], beam: Optional[int] = None, n: int = 1, batch_size: int = 32,
-                max_len: Optional[int] = None) -> list[dict[str, Any]]:
+                max_len: Optional[int] = None, cache: bool = False) -> list[dict[str, Any]]:
         """One dict per image (a path, or ``(name, PIL image)``), in order.
 
         ``{"path", "caption", "score"}``: ``score`` is the caption's total
@@ -98,7 +113,7 @@ class Captioner:
         names = [it[0] if isinstance(it, tuple) else os.fspath(it) for it in items]
         out: list[Optional[dict[str, Any]]] = [None] * len(items)
         skips = SkipLog()
-        for idx, feats in self.features(items, batch_size, skips):
+        for idx, feats in self.features(items, batch_size, skips, cache):
             dec = decode(self.model.decoder, (feats,), beam, max_len, self.length_penalty, n_best=n)
             for r, i in enumerate(idx):
                 row = {"path": names[i], "caption": self.vocab.decode(dec.tokens[r].tolist()), "score": float(dec.scores[r])}
@@ -134,8 +149,14 @@ class Captioner:
 
 def predict(model: Any, inputs: Sequence[Any], beam: Optional[int] = None, n: int = 1, **opts: Any) -> list[dict[str, Any]]:
     """The serving contract: captions for ``inputs`` (paths or ``(name, PIL image)``) from a model
-    directory, run directory or :class:`Captioner`; ``[{"path", "caption", "score"}, ...]``."""
-    cap = model if isinstance(model, Captioner) else Captioner.load(model)
+    directory, run directory, loaded :class:`~transferkit.core.modeldir.TransferModel` (what
+    ``transferkit serve`` passes) or :class:`Captioner`; ``[{"path", "caption", "score"}, ...]``."""
+    if isinstance(model, Captioner):
+        cap = model
+    elif hasattr(model, "module") and hasattr(model, "config"):
+        cap = Captioner(model.module, model.config, "cpu")
+    else:
+        cap = Captioner.load(model)
     return cap.caption(list(inputs), beam=beam, n=n, **opts)
 
 
@@ -150,8 +171,12 @@ def _run_dir_of(path: Path) -> Path:
 
 
 def evaluate(model: str | os.PathLike, data: str | os.PathLike, beam: Optional[int] = None, batch_size: int = 32,
-             report: bool = True, samples: int = 12, captioner: Optional[Captioner] = None) -> dict[str, Any]:
+             report: bool = True, samples: int = 12, captioner: Optional[Captioner] = None,
+             cache: bool = True) -> dict[str, Any]:
     """Caption every image of ``data`` and score against all its references.
+
+    ``cache``: encoder features through the feature cache (a second evaluation of the same images
+    runs the decoder only; ``captions_per_second`` then measures decoding alone).
 
     Returns:
         ``{"bleu1", "bleu2", "bleu3", "bleu4", "cider", "unique_ratio", "n_images", "beam",
@@ -172,7 +197,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, beam: Optional[i
         print(f"warning: {data}: {note}", file=sys.stderr)
     beam = cap.beam if beam is None else int(beam)
     t0 = time.perf_counter()
-    rows = cap.caption(data_set.images, beam=beam, batch_size=batch_size)
+    rows = cap.caption(data_set.images, beam=beam, batch_size=batch_size, cache=cache)
     seconds = time.perf_counter() - t0
     ok = [i for i, r in enumerate(rows) if r["caption"] is not None]
     if not ok:
