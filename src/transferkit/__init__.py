@@ -10,7 +10,7 @@ The public API is imported lazily (``import transferkit`` stays fast)::
 and each task's package, with its config, ``fit`` and ``evaluate``::
 
     transferkit.classify     transferkit.autoencoder   transferkit.novelty   transferkit.index
-    transferkit.siamese      transferkit.seq2seq       transferkit.arch
+    transferkit.siamese      transferkit.seq2seq       transferkit.arch      transferkit.detect
     # e.g. transferkit.classify.fit(transferkit.classify.ClassifyConfig(), "photos/", "run")
 """
 
@@ -28,7 +28,7 @@ _API = {
     "TransferkitError": "transferkit.errors",
 }
 
-_TASKS = ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch")
+_TASKS = ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch", "detect")
 
 __all__ = sorted(_API) + list(_TASKS) + ["__version__"]
 

@@ -1,0 +1,73 @@
+"""``DetectConfig``: every option of ``transferkit detect fit``, with its documented default.
+
+The flags are generated from these fields (``image_size`` -> ``--image-size``);
+the resolved config is saved as ``RUN_DIR/config.yaml`` and ``--config FILE``
+reproduces a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from transferkit.core.config import doc
+from transferkit.core.engine import TrainConfig
+from transferkit.errors import TransferkitError
+
+METHODS = ("yolo", "rcnn", "localize")
+
+
+@dataclass
+class DetectConfig(TrainConfig):
+    """Options of an object-detector run (a pretrained backbone + a detection method)."""
+
+    method: Literal["yolo", "rcnn", "localize"] = doc(
+        "yolo: single-shot grid detector on the backbone's multi-scale features (default); "
+        "rcnn: selective-search proposals + CNN features + per-class linear classifiers and box regression; "
+        "localize: one object per image, output [p, x, y, w, h, c1..ck]",
+        "yolo",
+    )
+    backbone: str = doc("pretrained backbone (a timm name or a registered weight set, e.g. efficientnet_lite0)",
+                        "efficientnet_lite0")
+    weights: str = doc("backbone weights: pretrained (offline resolution), none (random init), or a weights file",
+                       "pretrained")
+    image_size: int = doc("images are resized to this square size in pixels (predictions are mapped back)", 320)
+    epochs: int = doc("maximum training epochs (yolo, localize)", 40)
+    batch_size: int = doc("images per batch", 8)
+    lr: float = doc("peak learning rate of the new layers (AdamW, cosine schedule)", 2e-3)
+    backbone_lr: float = doc("learning-rate factor of the pretrained backbone (0 freezes it)", 0.1)
+    weight_decay: float = doc("AdamW weight decay", 1e-4)
+    time_budget: Optional[float] = doc("stop training after this many minutes (None: no limit)", None)
+    val_fraction: float = doc("fraction of images held out for validation (seeded split)", 0.2)
+    neck_channels: int = doc("yolo: channels of the feature-pyramid neck and the prediction heads", 64)
+    center_radius: float = doc("yolo: cells within this many strides of a box centre (and inside it) are positives", 2.5)
+    box_weight: float = doc("yolo: weight of the GIoU box loss", 2.0)
+    conf: float = doc("default score threshold of predict", 0.25)
+    iou: float = doc("IoU threshold of non-maximum suppression", 0.5)
+    max_det: int = doc("at most this many boxes per image", 100)
+    flip: bool = doc("augmentation: random horizontal flips", True)
+    scale_jitter: float = doc("augmentation: random zoom in/out by up to this fraction (with translation), 0: off", 0.25)
+    color_jitter: float = doc("augmentation: brightness/contrast/saturation jitter strength, 0: off", 0.2)
+    # --- rcnn
+    proposals: int = doc("rcnn: selective-search proposals kept per image", 300)
+    crop_size: int = doc("rcnn: each proposal is warped to this square size before the CNN", 96)
+    negatives: int = doc("rcnn: background proposals (IoU < 0.3 with every box) per image for the classifiers", 24)
+    hard_rounds: int = doc("rcnn: rounds of hard-negative mining", 2)
+    svm_c: float = doc("rcnn: inverse regularisation strength of the per-class linear classifiers", 0.1)
+
+    def validate(self) -> None:
+        if self.method == "rcnn":
+            import importlib.util
+
+            if importlib.util.find_spec("transferkit.tasks.detect.rcnn") is None:
+                raise TransferkitError("--method rcnn is not available in this version yet; use yolo or localize.")
+        if self.image_size < 32 or self.image_size % 32:
+            raise TransferkitError(f"--image-size must be a multiple of 32, at least 32 (got {self.image_size}).")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TransferkitError(f"--val-fraction must be in [0, 1) (got {self.val_fraction}).")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TransferkitError("--epochs and --batch-size must be at least 1.")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise TransferkitError(f"--time-budget must be a positive number of minutes (got {self.time_budget}).")
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
+            raise TransferkitError("--conf must be in [0, 1] and --iou in (0, 1].")
