@@ -243,9 +243,10 @@ def test_localize_trains_a_few_steps(tmp_path):
     from transferkit.tasks.detect import DetectConfig, fit, predict
 
     write_voc(tmp_path / "voc", make_boxes(16, 64, seed=4, negatives=2))
-    run = fit(DetectConfig(method="localize", epochs=3, val_fraction=0.25, **TINY), tmp_path / "voc", tmp_path / "run")
+    cfg = DetectConfig(method="localize", epochs=8, val_fraction=0.25, **{**TINY, "batch_size": 4, "lr": 1e-2})
+    run = fit(cfg, tmp_path / "voc", tmp_path / "run")
     loss = [v for _, v in metrics_by_epoch(run)["train_loss"]]
-    assert loss[-1] < loss[0]
+    assert min(loss[-2:]) < 0.85 * loss[0]
     out = predict(run, [str(tmp_path / "voc" / "images")], conf=0.0)
     assert len(out) == 16 and all(len(r["boxes"]) == 1 for r in out)
 

@@ -17,7 +17,7 @@ ranges); a box with no such cell takes its nearest cell; a cell claimed by two
 boxes takes the smaller one.  Losses: quality focal loss on objectness over every cell (a positive's target is the IoU its
 box reaches),
 GIoU on the positives' boxes, BCE on the positives' classes.  Scores at
-inference: sigmoid(objectness) * sigmoid(class), then per-class NMS
+inference: sigmoid(objectness) * sigmoid(class) (objectness alone for one class), then per-class NMS
 (``torchvision.ops.batched_nms``).
 
 ``localize``: the pooled backbone features -> one linear layer -> ``[p, x, y, w, h, c1..ck]``
@@ -85,7 +85,7 @@ class YoloDetector(FrozenBNBody):
         with torch.no_grad():
             self.pred.bias.zero_()
             self.pred.bias[0] = -4.6  # objectness prior 0.01
-            self.pred.bias[5:] = -4.6
+            self.pred.bias[5:] = 0.0  # classes are learned on positive cells only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) in [0, 1] -> raw outputs (N, A, 1 + 4 + K): objectness logit, 4 log-distances, class logits."""
@@ -166,7 +166,9 @@ class YoloDetector(FrozenBNBody):
         out = out.float()
         pts, strides = self.points(size, out.device)
         boxes = self.decode_boxes(out[..., 1:5], pts, strides).clamp(0, size)
-        scores = torch.sigmoid(out[..., :1]) * torch.sigmoid(out[..., 5:])   # (N, A, K)
+        scores = torch.sigmoid(out[..., :1])                                # (N, A, 1)
+        if self.num_classes > 1:  # one class: objectness is the score (the class logit is never trained)
+            scores = scores * torch.sigmoid(out[..., 5:])                   # (N, A, K)
         results = []
         for b in range(out.shape[0]):
             s = scores[b].flatten()                                         # (A*K,)
