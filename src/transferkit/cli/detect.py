@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "localize (one object per image: [p, x, y, w, h, c1..ck]; images with several boxes teach the largest).",
         epilog="Examples: transferkit detect fit raccoon/ --out runs/raccoon\n"
         "          transferkit detect fit cells/ --out runs/cells --image-size 416 --time-budget 20\n"
-        "          transferkit detect fit photos/ --annotations coco.json --out runs/coco --method rcnn",
+        "          transferkit detect fit photos/ --annotations coco.json --out runs/coco --method localize",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help=DATA_HELP)
