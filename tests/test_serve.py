@@ -241,6 +241,34 @@ def test_gan_and_caption(gen_models):
         assert cap["path"] == "s.png" and isinstance(cap["caption"], str) and "score" in cap
 
 
+def test_classify_run_and_embedding_novelty(models, tmp_path, monkeypatch):
+    """A `classify fit` run directory (features strategy) and an embedding-method novelty run on its model."""
+    from tests.conftest import make_class_folders
+    from transferkit.tasks.classify import ClassifyConfig, fit as cls_fit
+    from transferkit.tasks.novelty import NoveltyConfig, fit as nov_fit, score
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    data = make_class_folders(tmp_path / "colours", n_per_class=6, size=32)
+    run = cls_fit(ClassifyConfig(backbone="test_efficientnet", weights="none", image_size=32, batch_size=4, seed=0,
+                                 precision="32"), data, tmp_path / "cls")
+    nov = nov_fit(NoveltyConfig(method="embedding", model=str(models["clf"]), neighbours=2), data / "red",
+                  tmp_path / "nov")
+    probe = tmp_path / "probe.png"
+    probe.write_bytes(png((40, 40, 200), (32, 32)))
+    with TestClient(create_app(ServeSettings(models=[f"cls={run}", f"nov={nov}"]))) as c:
+        listed = {m["name"]: m for m in c.get("/models").json()}
+        assert listed["cls"]["task"] == "classify" and listed["cls"]["classes"] == ["blue", "green", "red"]
+        assert listed["nov"]["method"] == "embedding"
+        [got] = c.post("/models/cls/predict", files={"file": ("probe.png", probe.read_bytes())}).json()
+        [nv] = c.post("/models/nov/predict", files={"file": ("probe.png", probe.read_bytes())}).json()
+    import transferkit
+
+    [want] = transferkit.predict([probe], model=run)
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    [want_nov] = score(nov, [probe])
+    assert nv["score"] == pytest.approx(want_nov["score"], abs=1e-4) and nv["novel"] == want_nov["novel"]
+
+
 def test_unknown_task_is_refused_with_one_line(models, tmp_path):
     d = tmp_path / "weird"
     shutil.copytree(models["clf"], d)
