@@ -241,6 +241,31 @@ def test_gan_and_caption(gen_models):
         assert cap["path"] == "s.png" and isinstance(cap["caption"], str) and "score" in cap
 
 
+def test_detector_answers_like_detect_predict(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from detect_data import make_boxes, write_voc
+    from transferkit.tasks.detect import DetectConfig, fit, predict
+
+    write_voc(tmp_path / "voc", make_boxes(8, 64, seed=0, negatives=1))
+    run = fit(DetectConfig(epochs=1, val_fraction=0.25, backbone="test_efficientnet", weights="none", image_size=64,
+                           batch_size=8, precision="32", seed=0), tmp_path / "voc", tmp_path / "run")
+    photo = next((tmp_path / "voc" / "images").glob("*.png"))
+    cfg_file = Path(run) / "model" / "config.json"  # a moment of training scores low: show every box, up to 5
+    cfg = json.loads(cfg_file.read_text())
+    cfg["detect"].update(conf=0.0, max_det=5)
+    cfg_file.write_text(json.dumps(cfg))
+    with TestClient(create_app(ServeSettings(models=[f"det={run}"]))) as c:
+        assert c.get("/models").json()[0]["task"] == "detect"
+        r = c.post("/models/det/predict", files={"file": (photo.name, photo.read_bytes())})
+    assert r.status_code == 200, r.text
+    [got] = r.json()
+    [want] = predict(run, [photo])
+    assert got["path"] == photo.name and (got["width"], got["height"]) == (want["width"], want["height"])
+    assert len(got["boxes"]) == 5 and [b["label"] for b in got["boxes"]] == [b["label"] for b in want["boxes"]]
+    for g, w in zip(got["boxes"], want["boxes"]):
+        assert g["xyxy"] == pytest.approx(w["xyxy"], abs=0.2) and g["score"] == pytest.approx(w["score"], abs=1e-3)
+
+
 def test_classify_run_and_embedding_novelty(models, tmp_path, monkeypatch):
     """A `classify fit` run directory (features strategy) and an embedding-method novelty run on its model."""
     from tests.conftest import make_class_folders

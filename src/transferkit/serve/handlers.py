@@ -360,6 +360,37 @@ class CaptionHandler(Handler):
         return self.predict(self.cap, list(items))
 
 
+class DetectHandler(Handler):
+    """An object detector: ``{"path", "width", "height", "boxes": [{"label", "score", "xyxy"}]}`` as
+    ``detect predict --json`` (the task's ``predict`` reads files; this runs its image step on the uploads)."""
+
+    task = "detect"
+
+    def __init__(self, name, path, config, opts):
+        super().__init__(name, path, config, opts)
+        from transferkit.tasks.detect import train
+
+        self.model = train._load(path)
+        self._detect = train._detect_images
+        det = self.model.config["detect"]
+        self.conf, self.iou, self.max_det = float(det.get("conf", 0.25)), float(det.get("iou", 0.5)), int(det.get("max_det", 100))
+
+    def prepare(self, inp: Input):
+        img = self.decode(inp)
+        return inp.name, img
+
+    def run(self, items):
+        names = self.model.class_names
+        imgs = [img for _, img in items]
+        sizes = [img.size for img in imgs]
+        out = []
+        for (name, _), (w, h), d in zip(items, sizes, self._detect(self.model, imgs, sizes, self.conf, self.iou, self.max_det)):
+            out.append({"path": name, "width": int(w), "height": int(h),
+                        "boxes": [{"label": names[int(lab)], "score": round(float(sc), 4), "xyxy": [round(float(v), 1) for v in b]}
+                                  for b, sc, lab in zip(d["boxes"], d["scores"], d["labels"])]})
+        return out
+
+
 class GanHandler(Handler):
     """A GAN.  DCGAN (kind ``generate``): JSON ``{"n", "seed", "label"}`` in, one ``{"index", "seed", ["label"],
     "png_base64"}`` per generated image out; pix2pix (an image in): ``{"path", "png_base64"}``; both as the
@@ -453,6 +484,7 @@ register("siamese", VerifyHandler)
 register("seq2seq", TranslateHandler)
 register("caption", CaptionHandler)
 register("gan", GanHandler)
+register("detect", DetectHandler)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
