@@ -460,6 +460,25 @@ def test_no_request_reaches_the_filesystem(client, tmp_path):
     assert client.get(f"/{secret}").status_code == 404 and client.get("/page.html").status_code == 404
 
 
+def test_a_model_that_does_not_answer_in_time_gives_503():
+    from transferkit.serve.handlers import Handler, ServeOptions
+
+    class Slow(Handler):
+        kind = "text"
+
+        def prepare(self, inp):
+            return inp.text
+
+        def run(self, items):
+            time.sleep(1.0)
+            return [{"source": t} for t in items]
+
+    slow = Slow("slow", Path("."), {"task": "test"}, ServeOptions())
+    with TestClient(create_app(ServeSettings(timeout_s=0.2), handlers={"slow": slow})) as c:
+        r = c.post("/models/slow/predict", json={"text": "hi"})
+        assert r.status_code == 503 and "did not answer" in r.json()["detail"]
+
+
 def test_bind_rules():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
     check_bind("127.0.0.1", None)
