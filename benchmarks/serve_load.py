@@ -1,8 +1,9 @@
 """`transferkit serve` under load: batched vs unbatched, against the offline `predict` speed, in one run.
 
-Saves EfficientNet-Lite0 (bundled ImageNet weights) as a model directory,
-measures the offline images/s of ``transferkit predict``'s loop on the photos
-(engine set-up excluded; before and after, averaged), then starts two
+Saves EfficientNet-Lite0 (bundled ImageNet weights) as a model directory (or
+takes ``--model DIR``, e.g. a detector), measures the offline images/s of
+``transferkit predict`` on the photos (end to end, and its loop in steady state;
+before and after the load runs), then starts two
 ``transferkit serve`` processes on loopback, ``--max-batch 32`` and ``--max-batch
 1``, and for each client count runs that many concurrent clients (asyncio +
 httpx, keep-alive) posting the real photos (multipart, in a fixed cycle) for
@@ -12,6 +13,7 @@ p50/p95/p99, errors, and the mean batch size the server ran (its ``/stats``).
 Clients and server share the machine's cores, as they would on one host.
 
     python benchmarks/serve_load.py ../shared/data/hymenoptera/train --clients 1,8,32 --duration 30
+    python benchmarks/serve_load.py ../shared/data/raccoon/images --model runs/raccoon --duration 15
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def free_port() -> int:
 def start_server(model_dir: Path, max_batch: int, port: int) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "transferkit", "serve", f"lite0={model_dir}", "--port", str(port),
+    cmd = [sys.executable, "-m", "transferkit", "serve", f"model={model_dir}", "--port", str(port),
            "--max-batch", str(max_batch)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
@@ -95,14 +97,26 @@ def summary(clients: int, lat: list[float], errors: int, wall: float) -> dict:
             "p95_ms": round(float(np.percentile(arr, 95)), 1), "p99_ms": round(float(np.percentile(arr, 99)), 1)}
 
 
-def offline_speed(model_dir: Path, paths: list[Path]) -> tuple[float, float]:
+def offline_speed(model_dir: Path, paths: list[Path]) -> tuple[float, float | None]:
     """Images/s offline on the photos: (``transferkit.predict`` end to end, as a user runs it: its DataLoader
     workers and in-memory ONNX export included; the same loop in steady state: engine built once, decoding
-    in this thread, batches of 32).  Each timed after a warm-up pass."""
+    in this thread, batches of 32).  Each timed after a warm-up pass.  For another task (a detector): its
+    ``predict`` on the model loaded once, and no steady-state figure."""
+    import importlib
+
     import transferkit
     from transferkit.core.images import SkipLog
     from transferkit.core.inference import OutputHead, Runner, draft_for, iter_batches
+    from transferkit.core.modeldir import read_config
 
+    task = read_config(model_dir)["task"]
+    if task not in ("pretrained", "classify", "arch"):
+        predict = importlib.import_module(f"transferkit.tasks.{task}").predict
+        model = transferkit.load(model_dir)  # loaded once, as the server does
+        predict(model, paths[:4])
+        t = time.perf_counter()
+        predict(model, paths)
+        return len(paths) / (time.perf_counter() - t), None
     tm = transferkit.load(model_dir)
     transferkit.predict(paths[:8], model=tm)
     t = time.perf_counter()
@@ -129,6 +143,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=3,
                     help="each client count alternates the two servers this many times (default: 3)")
     ap.add_argument("--max-photos", type=int, default=128, help="photos cycled through (default: 128)")
+    ap.add_argument("--model", metavar="DIR", help="serve this model or run directory instead of EfficientNet-Lite0 "
+                    "(e.g. a detector)")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
@@ -143,11 +159,17 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     print(f"load average at the start: {os.getloadavg()[0]:.1f} (other work on the machine slows both sides)", flush=True)
     modes = (32, 1)
+    model_name = args.model or "efficientnet_lite0"
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = transferkit.load("efficientnet_lite0").save(Path(tmp) / "lite0")
+        if args.model:
+            from transferkit.core.modeldir import find_model_dir
+
+            model_dir = find_model_dir(args.model) or Path(args.model)
+        else:
+            model_dir = transferkit.load("efficientnet_lite0").save(Path(tmp) / "lite0")
         offline_runs = [offline_speed(model_dir, paths)]
-        print(f"offline on {len(paths)} photos: transferkit.predict {offline_runs[0][0]:.1f} images/s, "
-              f"steady-state loop {offline_runs[0][1]:.1f} images/s", flush=True)
+        print(f"offline on {len(paths)} photos: predict {offline_runs[0][0]:.1f} images/s, "
+              f"steady-state loop {offline_runs[0][1]} images/s", flush=True)
         ports = {m: free_port() for m in modes}
         procs = {}
         try:
@@ -155,19 +177,19 @@ def main() -> None:
                 procs[m] = start_server(model_dir, m, ports[m])
             urls = {m: f"http://127.0.0.1:{ports[m]}" for m in modes}
             for m in modes:
-                asyncio.run(load(f"{urls[m]}/models/lite0/predict", photos[:8], 2, 3.0))  # warm-up, not counted
+                asyncio.run(load(f"{urls[m]}/models/model/predict", photos[:8], 2, 3.0))  # warm-up, not counted
             rows = []
             for n in counts:
                 acc = {m: ([], 0, 0.0) for m in modes}
-                before = {m: httpx.get(f"{urls[m]}/stats").json()["lite0"] for m in modes}
+                before = {m: httpx.get(f"{urls[m]}/stats").json()["model"] for m in modes}
                 for _ in range(args.slices):  # alternate the two servers so drifting load hits both alike
                     for m in modes:
-                        lat, err, wall = asyncio.run(load(f"{urls[m]}/models/lite0/predict", photos, n,
+                        lat, err, wall = asyncio.run(load(f"{urls[m]}/models/model/predict", photos, n,
                                                           args.duration / args.slices))
                         a = acc[m]
                         acc[m] = (a[0] + lat, a[1] + err, a[2] + wall)
                 for m in modes:
-                    after = httpx.get(f"{urls[m]}/stats").json()["lite0"]
+                    after = httpx.get(f"{urls[m]}/stats").json()["model"]
                     batches = {int(k): v - before[m].get(k, 0) for k, v in after.items()}
                     n_b = sum(batches.values())
                     res = summary(n, *acc[m])
@@ -180,19 +202,19 @@ def main() -> None:
                 proc.wait(30)
         offline_runs.append(offline_speed(model_dir, paths))
     offline = float(np.mean([o[0] for o in offline_runs]))
-    steady = float(np.mean([o[1] for o in offline_runs]))
+    steady = float(np.mean([o[1] for o in offline_runs])) if offline_runs[0][1] else None
     for r in rows:
         r["vs_offline"] = round(r["req_per_s"] / offline, 2)
-        r["vs_steady"] = round(r["req_per_s"] / steady, 2)
+        r["vs_steady"] = round(r["req_per_s"] / steady, 2) if steady else None
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end; transferkit {transferkit.__version__}")
-    print(f"offline images/s (before / after the load runs): transferkit.predict {offline_runs[0][0]:.1f} / "
-          f"{offline_runs[1][0]:.1f}, steady-state loop {offline_runs[0][1]:.1f} / {offline_runs[1][1]:.1f}")
+    print(f"model {model_name}; offline images/s (before / after the load runs): predict {offline_runs[0][0]:.1f} / "
+          f"{offline_runs[1][0]:.1f}, steady-state loop {offline_runs[0][1]} / {offline_runs[1][1]}")
     print("| clients | max-batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | vs predict | vs steady loop |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['max_batch']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-              f"{r['errors']} | {r['mean_batch']} | {r['vs_offline']}x | {r['vs_steady']}x |")
+              f"{r['errors']} | {r['mean_batch']} | {r['vs_offline']}x | {r['vs_steady'] or '-'}x |")
     for n in counts:
         b = next(r for r in rows if r["clients"] == n and r["max_batch"] == 32)
         u = next(r for r in rows if r["clients"] == n and r["max_batch"] == 1)
