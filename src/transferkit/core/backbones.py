@@ -107,13 +107,15 @@ class Preprocessing:
             import torch
             from torchvision.transforms import v2
 
-            return v2.Compose([
-                v2.PILToTensor(),  # (C, H0, W0) uint8
+            tf = v2.Compose([
+                v2.PILToTensor(),  # (C, H0, W0) uint8; a uint8 tensor passes through unchanged
                 v2.Resize(self.resize_size, interpolation=modes[self.interpolation], antialias=True),
                 v2.CenterCrop(h),
                 v2.ToDtype(torch.float32, scale=True),  # [0, 1]
                 v2.Normalize(list(self.mean), list(self.std)),
             ])
+            tf.accepts_uint8 = True  # core.inference may hand it (3, H, W) uint8 tensors from read_image_uint8
+            return tf
         from timm.data import create_transform
 
         return create_transform(

@@ -20,7 +20,7 @@ import sys
 import warnings
 from typing import Any, Iterator, Sequence
 
-from transferkit.core.images import SkipLog, read_image
+from transferkit.core.images import SkipLog, read_image, read_image_uint8
 from transferkit.errors import ImageReadError, TransferkitError
 
 ENGINES = ("auto", "onnx", "torch", "eager")
@@ -216,7 +216,12 @@ class ImageItems:
     def __getitem__(self, i: int):
         item = self.items[i]
         try:
-            img = item[1] if isinstance(item, tuple) else read_image(item, self.draft_size)
+            if isinstance(item, tuple):
+                img = item[1]
+            elif getattr(self.transform, "accepts_uint8", False):  # straight to a uint8 tensor (faster JPEG decoding)
+                img = read_image_uint8(item, self.draft_size)
+            else:
+                img = read_image(item, self.draft_size)
             return self.transform(img), i, None
         except ImageReadError as err:
             return None, i, err

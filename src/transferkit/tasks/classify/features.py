@@ -49,10 +49,13 @@ class _Mirrored:
 
     def __init__(self, transform: Any):
         self.transform = transform
+        self.accepts_uint8 = bool(getattr(transform, "accepts_uint8", False))
 
     def __call__(self, img: Any) -> Any:
-        from PIL import ImageOps
+        from PIL import Image, ImageOps
 
+        if not isinstance(img, Image.Image):  # a (3, H, W) uint8 tensor
+            return self.transform(img.flip(-1))
         return self.transform(ImageOps.mirror(img))
 
 
