@@ -52,8 +52,14 @@ def faster_rcnn_reference(data: Path, run_dir: Path, minutes: float, image_size:
         def forward(self, x):
             return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
 
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     model = FasterRCNN(Body(), num_classes=len(ds.class_names) + 1, min_size=image_size, max_size=image_size,
-                       image_mean=list(pre.mean), image_std=list(pre.std))
+                       image_mean=list(pre.mean), image_std=list(pre.std), rpn_anchor_generator=anchors,
+                       box_roi_pool=pool)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate, drop_last=True)
