@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=10.0, help="training minutes per method (default: 10)")
     ap.add_argument("--epochs", type=int, default=40, help="epoch cap of yolo/localize (default: 40)")
     ap.add_argument("--image-size", type=int, default=320)
+    ap.add_argument("--backbone-lr", type=float, default=None, help="backbone learning-rate factor (0 freezes; default: the config's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--reference", action="store_true", help="also train torchvision FasterRCNN for the same time")
@@ -120,8 +121,9 @@ def main() -> None:
     print(f"{args.data}: {ds.summary()}; held out {len(va)} images (seed {args.seed})")
     rows = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        extra = {} if args.backbone_lr is None else {"backbone_lr": args.backbone_lr}
         cfg = DetectConfig(method=method, image_size=args.image_size, epochs=args.epochs, time_budget=args.time_budget,
-                           seed=args.seed, val_fraction=args.val_fraction)
+                           seed=args.seed, val_fraction=args.val_fraction, **extra)
         run = fit(cfg, args.data, out / method)
         res = json.loads((run / "metrics.json").read_text())
         predict(run, val_paths[:2])  # warm-up

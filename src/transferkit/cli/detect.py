@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     group = sub.add_parser(
         "detect",
-        help="object detection: train (yolo, localize), evaluate (mAP), predict boxes",
+        help="object detection: train (yolo, rcnn, localize), evaluate (mAP), predict boxes",
         description="Find and name objects in images, starting from a pretrained backbone (offline).",
     )
     cmds = group.add_subparsers(dest="detect_command", metavar="COMMAND")
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a detector; writes a run folder with report.html and model/",
         description="Train a detector on DATA (the format is recognised from its layout; a seeded part is held "
         "out for validation). Methods: yolo (default: single-shot grid detector on the backbone's multi-scale "
-        "features), rcnn (not available yet: selective search + CNN features + per-class linear classifiers), "
+        "features), rcnn (selective search + cached CNN features + per-class linear classifiers with hard negatives + box regression), "
         "localize (one object per image: [p, x, y, w, h, c1..ck]; images with several boxes teach the largest).",
         epilog="Examples: transferkit detect fit raccoon/ --out runs/raccoon\n"
         "          transferkit detect fit cells/ --out runs/cells --image-size 416 --time-budget 20\n"

@@ -56,11 +56,6 @@ class DetectConfig(TrainConfig):
     svm_c: float = doc("rcnn: inverse regularisation strength of the per-class linear classifiers", 0.1)
 
     def validate(self) -> None:
-        if self.method == "rcnn":
-            import importlib.util
-
-            if importlib.util.find_spec("transferkit.tasks.detect.rcnn") is None:
-                raise TransferkitError("--method rcnn is not available in this version yet; use yolo or localize.")
         if self.image_size < 32 or self.image_size % 32:
             raise TransferkitError(f"--image-size must be a multiple of 32, at least 32 (got {self.image_size}).")
         if not 0.0 <= self.val_fraction < 1.0:
