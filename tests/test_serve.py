@@ -361,21 +361,34 @@ def test_page_script_parses(client, tmp_path):
 
 
 def test_page_round_trip_in_a_browser(models, tmp_path):
-    """A real browser (Playwright + Chromium) loads the page, uploads an image and sees label bars."""
+    """A real browser (Playwright + Chromium) loads the page, gives the token, uploads an image, sees label bars."""
+    import threading
+
+    import uvicorn
+
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no system Chromium (chromium / chromium-browser) to drive")
     port = _free_port()
-    proc = _start_server(["serve", f"clf={models['clf']}", "--port", str(port)])
+    app = create_app(ServeSettings(models=[f"clf={models['clf']}"], token="tok"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     try:
-        _wait_up(proc, port)
+        t0 = time.time()
+        while not server.started and time.time() - t0 < 30:
+            time.sleep(0.05)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
             page = browser.new_page()
             seen: list[str] = []
             page.on("request", lambda req: seen.append(req.url))
             page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector(".err")  # no token yet: the page says so
+            assert "token" in page.locator(".err").inner_text().lower()
+            page.fill("#token", "tok")
+            page.dispatch_event("#token", "change")
             page.wait_for_selector("#model option", state="attached")
             tmp = tmp_path / "red.png"
             tmp.write_bytes(png())
@@ -388,7 +401,8 @@ def test_page_round_trip_in_a_browser(models, tmp_path):
         outside = [u for u in seen if not u.startswith((f"http://127.0.0.1:{port}/", "blob:", "data:"))]
         assert not outside, outside  # offline: nothing but this server
     finally:
-        _stop(proc)
+        server.should_exit = True
+        thread.join(10)
 
 
 # --------------------------------------------------------------------------- safety
