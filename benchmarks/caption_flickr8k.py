@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "flickr8k"
 
 VARIANTS = {
+    "default": dict(),  # `transferkit caption fit DATA --out RUN` with no options
     "none": dict(attention="none", tie_weights=False),
     "tied": dict(attention="none", tie_weights=True),
     "soft": dict(attention="soft", tie_weights=False),
@@ -45,10 +46,13 @@ def main(argv=None) -> int:
     ap.add_argument("--beams", default="1,3,5")
     ap.add_argument("--minutes", type=float, default=5.0, help="--time-budget of each fit")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--embed", type=int, default=256)
-    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--embed", type=int, default=None, help="default: CaptionConfig's")
+    ap.add_argument("--hidden", type=int, default=None, help="default: CaptionConfig's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder for the runs (default: a temporary folder)")
+    ap.add_argument("--features-only", action="store_true", help="fill the feature cache and stop (untimed; run it outside the bench lock)")
+    ap.add_argument("--no-prefetch", action="store_true",
+                    help="do not compute features before the fits: each fit's minutes include feature extraction")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "lines")
@@ -83,16 +87,18 @@ def main(argv=None) -> int:
     layers = sorted({"grid" if VARIANTS[n]["attention"] == "soft" else "pooled" for n in names})
     encoder, pre, arch = create_image_encoder("efficientnet_lite0")
     all_paths = [data.images[i].resolve() for i in train + test]
-    for layer in layers:
+    for layer in [] if args.no_prefetch else layers:
         res = cached_features(all_paths, encoder, arch, pre, layer)
         print(f"features ({layer}): {res.misses} computed, {res.hits} cached, "
               f"{res.misses / max(res.seconds, 1e-9):.1f} img/s computed", file=sys.stderr)
 
+    if args.features_only:
+        return 0
     beams = [int(b) for b in args.beams.split(",")]
     rows = []
     for name in names:
-        cfg = CaptionConfig(**VARIANTS[name], embed=args.embed, hidden=args.hidden, epochs=args.epochs,
-                            time_budget=args.minutes, seed=args.seed)
+        sizes = {k: v for k, v in (("embed", args.embed), ("hidden", args.hidden)) if v is not None}
+        cfg = CaptionConfig(**VARIANTS[name], **sizes, epochs=args.epochs, time_budget=args.minutes, seed=args.seed)
         t0 = time.monotonic()
         r = fit(cfg, work / "train", work / f"run_{name}")
         fit_s = time.monotonic() - t0
