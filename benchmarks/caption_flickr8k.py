@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from transferkit.tasks.caption.features import cached_features, create_image_encoder
 
     names = args.variants.split(",")
-    layers = sorted({"grid" if VARIANTS[n]["attention"] == "soft" else "pooled" for n in names})
+    layers = sorted({"grid" if VARIANTS[n].get("attention") == "soft" else "pooled" for n in names})
     encoder, pre, arch = create_image_encoder("efficientnet_lite0")
     all_paths = [data.images[i].resolve() for i in train + test]
     for layer in [] if args.no_prefetch else layers:

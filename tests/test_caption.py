@@ -288,3 +288,29 @@ def test_cli_predict_eval_and_bad_input(fitted, cli, tmp_path, capsys):
         assert main([str(a) for a in args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_region_captions_with_proposals_and_drawing(fitted, tmp_path, capsys):
+    from PIL import Image, ImageDraw
+
+    from transferkit.cli.main import main
+    from transferkit.tasks.caption.regions import dedupe, iou, selective_search
+
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert dedupe([(0, 0, 10, 10), (1, 0, 10, 10), (20, 20, 30, 30)], 0.5) == [(0, 0, 10, 10), (20, 20, 30, 30)]
+    img = Image.new("RGB", (96, 48), (10, 10, 10))
+    d = ImageDraw.Draw(img)
+    d.rectangle((4, 8, 40, 44), fill=(220, 40, 40))
+    d.ellipse((56, 8, 92, 44), fill=(50, 80, 230))
+    path = tmp_path / "two.png"
+    img.save(path)
+    boxes = selective_search(img, max_regions=4)
+    assert 1 <= len(boxes) <= 4
+    assert all(iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    data, run, _ = fitted
+    capsys.readouterr()
+    assert main(["caption", "predict", str(run), str(path), "--regions", "--max-regions", "3", "--json",
+                 "--draw-dir", str(tmp_path / "drawn")]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert 1 <= len(row["regions"]) <= 3 and all(len(r["xyxy"]) == 4 and r["caption"] for r in row["regions"])
+    assert Path(row["drawing"]).is_file() and Image.open(row["drawing"]).size == (96, 48)

@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1, metavar="N", help="the N best captions with their scores (beam search)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--json", action="store_true", help='JSON lines {"path", "caption", "score"} (and "captions" with --n)')
+    p.add_argument("--regions", action="store_true",
+                   help="also caption regions of each image (a --detector run's boxes, else selective search) and "
+                   "draw box + caption into --draw-dir")
+    p.add_argument("--detector", metavar="RUN_DIR", default=None, help="with --regions: a detect run whose boxes are the regions")
+    p.add_argument("--max-regions", type=int, default=8, metavar="N", help="with --regions: at most N regions per image (default: 8)")
+    p.add_argument("--draw-dir", metavar="DIR", default=".",
+                   help="with --regions: where IMAGE_regions.png files are written (default: the current folder)")
     p.set_defaults(func=run_predict)
     group.set_defaults(func=lambda args: _group_help(group))
 
@@ -129,6 +136,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise TransferkitError("No images found in " + ", ".join(args.images) + ".")
     cap = Captioner.load(args.model)
+    if args.regions:
+        return _predict_regions(args, cap, paths)
     rows = cap.caption(paths, beam=args.beam, n=args.n, batch_size=args.batch_size)
     bad = 0
     for r in rows:
@@ -145,5 +154,43 @@ def run_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{r['path']}\t{r['caption']}" if len(rows) > 1 else r["caption"])
     if bad == len(rows):
+        raise TransferkitError("None of the images could be read.")
+    return 0
+
+
+def _predict_regions(args: argparse.Namespace, cap, paths) -> int:
+    """``--regions``: whole-image caption, then one caption per region; a drawing per image."""
+    from pathlib import Path
+
+    from transferkit.errors import ImageReadError, TransferkitError
+    from transferkit.tasks.caption.regions import caption_regions, draw_regions
+
+    if args.max_regions < 1:
+        raise TransferkitError("--max-regions must be at least 1.")
+    boxes_of: dict[str, list] = {}
+    if args.detector:
+        from transferkit.tasks.detect import predict as detect  # the detector's serving contract
+
+        for r in detect(args.detector, [str(p) for p in paths]):
+            boxes_of[str(r["path"])] = [b["xyxy"] for b in sorted(r["boxes"], key=lambda b: -b["score"])]
+    out_dir = Path(args.draw_dir)
+    done = 0
+    for p in paths:
+        try:
+            r = caption_regions(cap, p, boxes_of.get(str(p), []) if args.detector else None, args.max_regions, args.beam)
+        except ImageReadError as err:
+            print(f"warning: skipped {err}", file=sys.stderr)
+            continue
+        drawn = draw_regions(p, r, out_dir / f"{Path(p).stem}_regions.png")
+        done += 1
+        if args.json:
+            print(json.dumps({**r, "drawing": str(drawn)}, ensure_ascii=False))
+        else:
+            print(f"{p}\t{r['caption']}")
+            for i, reg in enumerate(r["regions"]):
+                x0, y0, x1, y1 = reg["xyxy"]
+                print(f"  {i + 1}: [{x0:.0f},{y0:.0f},{x1:.0f},{y1:.0f}]  {reg['caption']}")
+            print(f"  drawn: {drawn}")
+    if not done:
         raise TransferkitError("None of the images could be read.")
     return 0
