@@ -46,34 +46,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run: the same one with ``--resume``."""
+    import shlex
+
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["transferkit", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    """Run the CLI; returns the exit status.
+
+    0 ok, 2 user error (one ``error:`` line), 1 internal error, 130 interrupted
+    by Ctrl-C (SIGINT), 143 stopped by SIGTERM.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from transferkit.errors import TransferkitError
+    from transferkit.errors import RunInterrupted, TransferkitError
 
     try:
+        out = getattr(args, "out", None)
+        if isinstance(out, str) and out and not getattr(args, "resume", False):
+            from transferkit.core.engine import check_writable
+
+            check_writable(out)  # an --out that cannot be written fails here, before any work
         result = args.func(args)
         return int(result or 0)
     except TransferkitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        hint = (f"continue with: {resume_command(argv)}" if hasattr(args, "resume")
+                else "run the command again to start over")
+        print(err.describe(hint), file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return _internal(err)
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; files written before are kept",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `transferkit predict ... | head`
         return 0
     except Exception as err:  # a bug: say so in one line, traceback only on request
-        if os.environ.get("TRANSFERKIT_DEBUG"):
-            raise
-        print(
-            f"internal error: {type(err).__name__}: {err} (set TRANSFERKIT_DEBUG=1 for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal(err)
+
+
+def _internal(err: Exception) -> int:
+    if os.environ.get("TRANSFERKIT_DEBUG"):
+        raise err
+    print(
+        f"internal error: {type(err).__name__}: {err} (set TRANSFERKIT_DEBUG=1 for the traceback and report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

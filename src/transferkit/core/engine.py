@@ -16,6 +16,21 @@ that :func:`make_trainer` builds, so every task gets the same behaviour:
 A run folder is never silently reused: :func:`prepare_run_dir` refuses a
 folder that holds a run unless ``--resume`` is given, so a good checkpoint is
 never overwritten by accident.
+
+Faults every task gets handled here (FAULTS.md lists them with their tests):
+
+* Ctrl-C (SIGINT) or SIGTERM during :func:`fit` stops at the next batch
+  boundary and raises :class:`~transferkit.errors.RunInterrupted` (the CLI
+  prints one line naming the checkpoint kept and the ``--resume`` command, exit
+  130 / 143); a second signal exits at once;
+* a NaN/Inf loss skips that optimiser step; several in a row, or a finite loss
+  exploding to 1000x the first batch's, stop the run with
+  :class:`~transferkit.errors.TrainingDiverged` (the diverged model is never
+  saved; the checkpoints written before stay);
+* checkpoints are written beside their final name and renamed (never
+  half-written, even across file systems); a resume ignores stale temporaries
+  and falls back to ``best.ckpt`` when ``last.ckpt`` is damaged;
+* out of memory, a dead DataLoader worker and a full disk become one line.
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ from typing import Any, Iterable, Literal, Optional
 from dataclasses import dataclass
 
 from transferkit.core.config import doc
-from transferkit.errors import TransferkitError
+from transferkit.errors import RunInterrupted, TrainingDiverged, TransferkitError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -91,6 +106,9 @@ def choose_precision(requested: str, device: str = "auto") -> str:
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 
+LOADER_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch (env TRANSFERKIT_LOADER_TIMEOUT)
+
+
 def default_workers(n_samples: int, in_memory: bool = False) -> int:
     """DataLoader workers: none for in-memory or tiny sets (start-up costs more), else up to 4."""
     if in_memory or n_samples < 256:
@@ -105,6 +123,13 @@ def make_loader(dataset: Any, batch_size: int, shuffle: bool, workers: int | Non
 
     n = default_workers(len(dataset), in_memory) if workers is None else workers
     gen = torch.Generator().manual_seed(seed)
+    if shuffle and "sampler" not in kw and "batch_sampler" not in kw:
+        kw["sampler"] = _epoch_shuffle()(len(dataset), seed)
+        shuffle = False
+    if n > 0:
+        kw.setdefault("worker_init_fn", _worker_init)
+        # a worker that hangs (a stuck network file system, a deadlock in a decoder) becomes an error, not a hang
+        kw.setdefault("timeout", float(os.environ.get("TRANSFERKIT_LOADER_TIMEOUT", LOADER_TIMEOUT)))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -118,7 +143,71 @@ def make_loader(dataset: Any, batch_size: int, shuffle: bool, workers: int | Non
     )
 
 
+_EPOCH_SHUFFLE = None
+
+
+def _epoch_shuffle():
+    """A sampler whose order is a function of (seed, epoch) only: Lightning calls ``set_epoch`` before each
+    epoch, so a resumed run sees exactly the orders an uninterrupted one would (a shared generator would
+    depend on how often Lightning created iterators before)."""
+    global _EPOCH_SHUFFLE
+    if _EPOCH_SHUFFLE is None:
+        import torch
+
+        class EpochShuffle(torch.utils.data.Sampler):
+            def __init__(self, n: int, seed: int = 0):
+                self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+            def set_epoch(self, epoch: int) -> None:
+                self.epoch = int(epoch)
+
+            def __iter__(self):
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+                return iter(torch.randperm(self.n, generator=g).tolist())
+
+            def __len__(self) -> int:
+                return self.n
+
+        _EPOCH_SHUFFLE = EpochShuffle
+    return _EPOCH_SHUFFLE
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C (the terminal sends it to the whole process group): the main
+    process stops at the next batch boundary, and a worker that died on its own would hide that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):  # what Lightning adds when we give no worker_init_fn
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+
+
 # --------------------------------------------------------------------------- run folders
+
+
+def check_writable(out: str | os.PathLike, what: str = "--out") -> None:
+    """Check that ``out`` (a file or folder to be written) can be created, without creating anything.
+
+    The nearest existing ancestor must be a folder in which a file can be
+    created.  Raises :class:`TransferkitError` with one sentence otherwise.
+    """
+    import tempfile
+
+    path = Path(out).expanduser()
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise TransferkitError(f"{what} {out} cannot be created: {probe} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".transferkit-probe-"):
+            pass
+    except OSError as err:
+        raise TransferkitError(f"{what} {out} cannot be written: {err.strerror or err} in {probe}.") from None
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
@@ -141,7 +230,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
         raise TransferkitError(
             f"{run_dir} already holds files; use --resume to continue that run, or choose a new --out folder."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TransferkitError(f"--out {run_dir} cannot be created: {err.strerror or err}.") from None
     return run_dir
 
 
@@ -188,6 +281,284 @@ def _callbacks_module():
                 pl_module.log("epoch_time", time.perf_counter() - self._t, on_epoch=True, sync_dist=False)
 
     return EpochLines, EpochTimer
+
+
+# --------------------------------------------------------------------------- faults: signals, divergence, checkpoints
+
+NAN_LIMIT = 3  # non-finite losses in a row that stop a run (each one's step is skipped)
+EXPLODE_FACTOR = 1000.0  # a loss this many times the first batch's counts as exploding...
+EXPLODE_LIMIT = 3  # ...and this many in a row stop the run
+_DIVERGENCE_ENV = "TRANSFERKIT_DIVERGENCE_FACTOR"  # "off" or a factor: for losses that legitimately grow
+
+
+class _Stop(Exception):
+    """Raised by the guard inside ``trainer.fit`` (an Exception: Lightning turns KeyboardInterrupt into exit 1)."""
+
+    def __init__(self, kind: str, message: str = "", epoch: int = 0):
+        super().__init__(message or kind)
+        self.kind, self.message, self.epoch = kind, message, epoch
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers for the duration of one ``fit``: the first signal asks for a stop at the next
+    batch boundary, a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            print(f"\n{name} again: stopping now, without a new checkpoint", file=sys.stderr, flush=True)
+            os._exit(143 if name == "SIGTERM" else 130)
+        self.received = name
+        print(f"\n{name}: stopping after this batch (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_Signals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+
+def _divergence_factor() -> float | None:
+    v = os.environ.get(_DIVERGENCE_ENV, "").strip().lower()
+    if v in ("off", "none", "0"):
+        return None
+    try:
+        return float(v) if v else EXPLODE_FACTOR
+    except ValueError:
+        raise TransferkitError(f"{_DIVERGENCE_ENV} must be 'off' or a number, not {v!r}.") from None
+
+
+_GUARD_CLASSES: tuple | None = None
+
+
+def _guard_classes():
+    """(FaultGuard, AtomicCheckpointIO), defined on first use so that importing this module stays light."""
+    global _GUARD_CLASSES
+    if _GUARD_CLASSES is not None:
+        return _GUARD_CLASSES
+    import math
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class FaultGuard(pl.Callback):
+        """Stops at a batch boundary on a signal; skips NaN/Inf steps; stops a diverging run.
+
+        The losses of each batch are read in ``on_before_backward`` (so manual optimisation is
+        covered too); the first batch's loss is the reference scale, kept in checkpoints so a
+        resumed run compares against the same value.
+        """
+
+        def __init__(self, signals: _Signals | None = None, factor: float | None = EXPLODE_FACTOR,
+                     nan_limit: int = NAN_LIMIT, explode_limit: int = EXPLODE_LIMIT):
+            self.signals = signals
+            self.factor = factor
+            self.nan_limit = nan_limit
+            self.explode_limit = explode_limit
+            self.reference: float | None = None
+            self._losses: list[float] = []
+            self._nan_run = 0
+            self._explode_run = 0
+            self.skipped = 0
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"reference": self.reference}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.reference = state.get("reference")
+
+        # Random state: Lightning's checkpoints hold none, so a resumed run would shuffle, augment and
+        # drop out differently from an uninterrupted one. Saved with every checkpoint (plain tensors and
+        # lists, readable with weights_only=True), put back when training starts again.
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            checkpoint[RNG_KEY] = _rng_state(trainer)
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            # not on_train_start: resuming from an end-of-epoch checkpoint, Lightning iterates the finished
+            # epoch's loader once more (drawing from its generator) before the next epoch starts
+            state, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+            if state:
+                _set_rng_state(trainer, state)
+
+        def _check_signal(self, trainer) -> None:
+            if self.signals is not None and self.signals.received:
+                raise _Stop("signal", self.signals.received, trainer.current_epoch + 1)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._losses = []
+            self._check_signal(trainer)
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            try:
+                self._losses.append(float(loss.detach().float()))
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if any(not math.isfinite(v) for v in self._losses):
+                for group in optimizer.param_groups:  # no gradient: the optimiser leaves the weights alone
+                    for p in group["params"]:
+                        p.grad = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses, self._losses = self._losses, []
+            where = f"epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}"
+            if losses:
+                if any(not math.isfinite(v) for v in losses):
+                    self._nan_run += 1
+                    self.skipped += 1
+                    bad = next(v for v in losses if not math.isfinite(v))
+                    if self._nan_run == 1:
+                        print(f"warning: the loss is {bad} in {where}; that step is skipped", file=sys.stderr, flush=True)
+                    if self._nan_run >= self.nan_limit:
+                        raise _Stop("diverged", f"the loss was {bad} for {self._nan_run} batches in a row "
+                                    f"(up to {where})", trainer.current_epoch + 1)
+                else:
+                    self._nan_run = 0
+                    v = max(abs(x) for x in losses)
+                    if self.reference is None:
+                        self.reference = v
+                    limit = self.factor * max(self.reference, 1e-3) if self.factor else math.inf
+                    if v > limit:
+                        self._explode_run += 1
+                        if self._explode_run == 1:
+                            print(f"warning: the loss is {v:.3g} in {where}, over {self.factor:g}x the first batch's "
+                                  f"{self.reference:.3g}: training is diverging", file=sys.stderr, flush=True)
+                        if self._explode_run >= self.explode_limit:
+                            raise _Stop("diverged", f"the loss exploded to {v:.3g}, over {self.factor:g}x the first "
+                                        f"batch's {self.reference:.3g}, for {self._explode_run} batches in a row "
+                                        f"(up to {where})", trainer.current_epoch + 1)
+                    else:
+                        self._explode_run = 0
+            self._check_signal(trainer)
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if not trainer.sanity_checking:
+                self._check_signal(trainer)
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Checkpoints written to a temporary file beside the final name, fsynced, then renamed.
+
+        Lightning's own writer stages the file in the system temp folder and *moves* it, which is a
+        copy (and can leave half a checkpoint behind) when that folder is on another file system.
+        """
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            import io
+
+            import torch
+
+            from transferkit.core.modeldir import atomic_write_bytes
+
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            atomic_write_bytes(path, buf.getbuffer())
+
+    _GUARD_CLASSES = (FaultGuard, AtomicCheckpointIO)
+    return _GUARD_CLASSES
+
+
+RNG_KEY = "transferkit_rng"
+
+
+def _rng_state(trainer: Any) -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states (data order: see :func:`_epoch_shuffle`)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, keys, gauss = random.getstate()
+    kind, arr, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(keys), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(arr, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(trainer: Any, state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, arr, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, arr.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _loadable(path: Path) -> str | None:
+    """None when ``path`` is a readable checkpoint, else a short reason."""
+    import torch
+
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...
+        return str(err).splitlines()[0][:160] or type(err).__name__
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "not a training checkpoint"
+    return None
+
+
+def clean_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporaries a killed process left in ``run_dir/checkpoints`` (``.NAME.XXXX.tmp``)."""
+    removed = []
+    ckdir = Path(run_dir) / CHECKPOINT_DIR
+    if ckdir.is_dir():
+        for f in ckdir.glob(".*.tmp"):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
+def resume_checkpoint(run_dir: str | os.PathLike) -> str:
+    """The checkpoint to resume ``run_dir`` from: ``last.ckpt``, or ``best.ckpt`` when the last is damaged."""
+    ckdir = Path(run_dir) / CHECKPOINT_DIR
+    clean_stale_temporaries(run_dir)
+    last = ckdir / LAST
+    why = _loadable(last)
+    if why is None:
+        return str(last)
+    best = ckdir / f"{BEST}.ckpt"
+    if _loadable(best) is None:
+        print(f"warning: {last} cannot be read ({why}); resuming from {best} instead", file=sys.stderr, flush=True)
+        return str(best)
+    raise TransferkitError(f"Cannot resume {run_dir}: {last} cannot be read ({why}) and there is no other good checkpoint.")
 
 
 def csv_logger(run_dir: str | os.PathLike):
@@ -253,6 +624,8 @@ def make_trainer(
     run_dir = Path(run_dir)
     EpochLines, EpochTimer = _callbacks_module()
     cbs: list[Any] = list(callbacks)
+    FaultGuard, AtomicCheckpointIO = _guard_classes()
+    cbs.append(FaultGuard(factor=_divergence_factor()))
     cbs.append(
         ModelCheckpoint(
             dirpath=run_dir / CHECKPOINT_DIR,
@@ -294,20 +667,87 @@ def make_trainer(
         log_every_n_steps=10,
         default_root_dir=str(run_dir),
     )
+    plugins = list(trainer_kwargs.pop("plugins", None) or [])
+    from lightning.fabric.plugins import CheckpointIO
+
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    kwargs["plugins"] = plugins
     kwargs.update(trainer_kwargs)
     return pl.Trainer(**kwargs)
 
 
 def fit(trainer: Any, module: Any, train_loader: Any, val_loader: Any = None, run_dir: str | os.PathLike | None = None,
         resume: bool = False) -> None:
-    """``trainer.fit``, resuming from ``run_dir/checkpoints/last.ckpt`` when ``resume`` is set."""
+    """``trainer.fit``, resuming from ``run_dir/checkpoints/last.ckpt`` when ``resume`` is set.
+
+    Raises:
+        RunInterrupted: SIGINT/SIGTERM arrived; stopped at a batch boundary, checkpoints kept.
+        TrainingDiverged: NaN/Inf or exploding loss (see :data:`NAN_LIMIT`, :data:`EXPLODE_FACTOR`).
+        TransferkitError: out of memory, a dead DataLoader worker, a full disk, a checkpoint that
+            does not fit the model: one sentence each.
+    """
     ckpt = None
+    if run_dir is None:
+        run_dir = getattr(trainer, "default_root_dir", None)
     if resume:
         if run_dir is None:
             raise ValueError("resume needs run_dir")
-        ckpt = str(Path(run_dir) / CHECKPOINT_DIR / LAST)
-    # weights_only=True: resuming reads tensors and plain values only, never code from the file
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        ckpt = resume_checkpoint(run_dir)
+    FaultGuard, _ = _guard_classes()
+    guards = [cb for cb in trainer.callbacks if isinstance(cb, FaultGuard)]
+    with _Signals() as signals:
+        for g in guards:
+            g.signals = signals
+        try:
+            # weights_only=True: resuming reads tensors and plain values only, never code from the file
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        except BaseException as err:
+            _raise_fault(err, signals, trainer, train_loader, run_dir, ckpt)
+            raise
+        finally:
+            for g in guards:
+                g.signals = None
+        if signals.received:  # arrived after the last batch: the run finished, say so but do not fail it
+            print(f"{signals.received} arrived after the last batch; the run finished", file=sys.stderr, flush=True)
+
+
+def _raise_fault(err: BaseException, signals: _Signals, trainer: Any, train_loader: Any, run_dir: Any,
+                 ckpt: str | None) -> None:
+    """Turn what stopped ``trainer.fit`` into the one-line error the user sees (returns when it is a bug)."""
+    import errno
+
+    epoch = int(getattr(trainer, "current_epoch", 0)) + 1
+    ckdir = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
+    if signals.received or isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException":
+        name = signals.received or ("SIGTERM" if type(err).__name__ == "SIGTERMException" else "SIGINT")
+        last = ckdir / LAST if ckdir is not None else None
+        kept = last if last is not None and last.is_file() else None
+        raise RunInterrupted(name, run_dir, kept, getattr(err, "epoch", 0) or epoch) from None
+    if isinstance(err, _Stop) and err.kind == "diverged":
+        kept = [p.name for p in (ckdir / f"{BEST}.ckpt", ckdir / LAST) if p.is_file()] if ckdir is not None else []
+        where = (f"the checkpoints written before it are kept in {ckdir} ({', '.join(kept)})" if kept
+                 else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"Training diverged: {err.message}; the diverged model was not saved, {where}; "
+                               f"try a lower --lr.") from None
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    low = msg.lower()
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError) or (
+            isinstance(err, RuntimeError) and ("out of memory" in low or "can't allocate memory" in low)):
+        bs = getattr(train_loader, "batch_size", None)
+        raise TransferkitError(f"Out of memory while training with batch size {bs} ({msg[:120]}); "
+                               f"try a smaller --batch-size.") from None
+    if isinstance(err, RuntimeError) and "dataloader" in low and ("worker" in low or "timed out" in low):
+        raise TransferkitError(f"A data-loading worker failed: {msg}; try --workers 0 to load in the main process "
+                               f"and see which file fails.") from None
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        raise TransferkitError(f"Cannot write {err.filename or 'a checkpoint'}: {err.strerror}; the checkpoints "
+                               f"written before are kept in {ckdir}.") from None
+    if ckpt and isinstance(err, RuntimeError) and "state_dict" in low:
+        raise TransferkitError(f"{ckpt} does not fit this model ({msg[:160]}); resume with the same options "
+                               f"as the interrupted run.") from None
 
 
 def restore_best(trainer: Any, module: Any) -> str | None:

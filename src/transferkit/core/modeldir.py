@@ -45,10 +45,26 @@ TASK_BUILDERS: dict[str, str] = {
 # --------------------------------------------------------------------------- atomic files
 
 
+_FILE_MODE: int | None = None
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask); ``mkstemp`` would give 0o600."""
+    global _FILE_MODE
+    if _FILE_MODE is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _FILE_MODE = 0o666 & ~mask
+    return _FILE_MODE
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash leaves either the old file or the new one, never half of one.
+    A crash leaves either the old file or the new one, never half of one (and a
+    hidden ``.NAME.XXXX.tmp`` beside it, which :func:`transferkit.core.engine.clean_stale_temporaries`
+    removes on resume).  A failed write (disk full) removes its temporary and
+    raises; the old file stays.  The file gets the usual permissions (umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -178,6 +195,7 @@ def save_model_dir(module: Any, config: dict[str, Any], path: str | os.PathLike)
     module = unwrap_module(module)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        os.chmod(tmp, _file_mode() | ((_file_mode() & 0o444) >> 2))  # like mkdir: rwx where the umask allows rw
         save_tensors(module.state_dict(), tmp / WEIGHTS_FILE)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(full, indent=2, ensure_ascii=False))
         if path.exists():
