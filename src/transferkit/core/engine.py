@@ -739,7 +739,11 @@ def _raise_fault(err: BaseException, signals: _Signals, trainer: Any, train_load
         bs = getattr(train_loader, "batch_size", None)
         raise TransferkitError(f"Out of memory while training with batch size {bs} ({msg[:120]}); "
                                f"try a smaller --batch-size.") from None
-    if isinstance(err, RuntimeError) and "dataloader" in low and ("worker" in low or "timed out" in low):
+    workers = int(getattr(train_loader, "num_workers", 0) or 0)
+    if (isinstance(err, RuntimeError) and "dataloader" in low and ("worker" in low or "timed out" in low)) or (
+            workers > 0 and isinstance(err, (ConnectionError, EOFError))):  # a worker killed mid-transfer
+        if not isinstance(err, RuntimeError):
+            msg = f"a worker process was killed or died ({msg})"
         raise TransferkitError(f"A data-loading worker failed: {msg}; try --workers 0 to load in the main process "
                                f"and see which file fails.") from None
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
