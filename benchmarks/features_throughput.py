@@ -10,7 +10,7 @@ set-up (the in-memory ONNX export).  Model loading is excluded on both sides.
 Also checks top-1 agreement of transferkit's predictions with the fp32 eager
 baseline on the same images (target >= 99%).
 
-    python benchmarks/features_throughput.py ../shared/data/hymenoptera/train [--repeats 2]
+    python benchmarks/features_throughput.py ../shared/data/hymenoptera/train [--repeats 2] [--pillow-side]
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("data", help="image folder, e.g. ../shared/data/hymenoptera/train")
     ap.add_argument("--repeats", type=int, default=2, help="alternate both sides this many times, keep each side's best")
     ap.add_argument("--engine", default="auto", help="transferkit engine (auto, onnx, torch)")
+    ap.add_argument("--pillow-side", action="store_true",
+                    help="also time transferkit with Pillow decoding (as before issue 20's torchvision decode_jpeg)")
     args = ap.parse_args()
 
     import numpy as np
@@ -63,13 +65,31 @@ def main() -> None:
     paths = list_images([args.data])
     model = transferkit.load("efficientnet_lite0")
     pre = model.preprocessing
-    base_t, tk_t = [], []
+    from transferkit.core import inference
+
+    fast_reader = inference.read_image_uint8
+
+    def pillow_reader(path, draft_size=None):  # decoding before issue 20: Pillow, then a PIL-to-tensor copy
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return pil_to_tensor(inference.read_image(path, draft_size))
+
+    base_t, tk_t, pil_t = [], [], []
     for _ in range(args.repeats):
         b_feats, b_logits, t = baseline(paths, model.module, pre)
         base_t.append(t)
         t = time.perf_counter()
         fs = transferkit.features(paths, model=model, engine=args.engine)
         tk_t.append(time.perf_counter() - t)
+        if args.pillow_side:
+            inference.read_image_uint8 = pillow_reader
+            try:
+                t = time.perf_counter()
+                fs_pil = transferkit.features(paths, model=model, engine=args.engine)
+                pil_t.append(time.perf_counter() - t)
+            finally:
+                inference.read_image_uint8 = fast_reader
+            assert np.allclose(fs_pil.features, fs.features, atol=1e-4), "the two decoders gave other features"
     preds = transferkit.predict(paths, model=model, top_k=1, engine=args.engine)
     names = model.class_names
     base_top1 = [names[i] for i in b_logits.argmax(1)]
@@ -93,6 +113,12 @@ def main() -> None:
     print(f"baseline (PIL + eager fp32, batch 32): {base_ips:6.1f} img/s")
     print(f"transferkit features ({args.engine}):        {tk_ips:6.1f} img/s")
     print(f"ratio: {tk_ips / base_ips:.2f}x   top-1 agreement: {agree:.2%}   min feature cosine: {cos.min():.5f}")
+    if pil_t:
+        pil_ips = n / min(pil_t)
+        result["transferkit_pillow_decoding_img_per_s"] = round(pil_ips, 1)
+        result["ratio_pillow_decoding"] = round(pil_ips / base_ips, 2)
+        print(f"transferkit with Pillow decoding (before): {pil_ips:6.1f} img/s ({pil_ips / base_ips:.2f}x the baseline); "
+              f"torchvision decoding is {tk_ips / pil_ips:.2f}x that")
     print(json.dumps(result))
 
 

@@ -2,8 +2,10 @@
 
 The flags are generated from these fields (``head_layers`` -> ``--head-layers``),
 the resolved config is saved as ``RUN_DIR/config.yaml`` and ``--config FILE``
-reproduces a run.  Defaults were chosen by measurement on ants/bees with
-EfficientNet-Lite0 on a 2-core CPU (BENCHMARKS.md, "Transfer learning").
+reproduces a run.  Defaults were chosen by measurement on ants/bees on a 2-core
+CPU (BENCHMARKS.md, "Transfer learning"); the backbone, EfficientNet-Lite2, by
+repeated stratified cross-validation of the features strategy over the offline
+backbones (BENCHMARKS.md, "Choosing the default backbone").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ClassifyConfig(TrainConfig, AugmentConfig):
         "features",
     )
     backbone: str = doc("pretrained backbone (any name `transferkit models` lists, a timm name, or a registered architecture)",
-                        "efficientnet_lite0")
+                        "efficientnet_lite2")
     weights: str = doc("backbone weights: pretrained (offline resolution), none (random init), or a weights file", "pretrained")
     image_size: Optional[int] = doc("input size in pixels (None: the weights' own, e.g. 224)", None)
     val_fraction: float = doc("validation fraction of the stratified seeded split, when DATA has no train/ and val/", 0.2)

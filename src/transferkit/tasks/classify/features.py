@@ -350,7 +350,12 @@ def run(split: Any, backbone: Any, architecture: str, preprocessing: Any, cfg: A
         flip = None
         if sf.Xtr_flip is not None and sf.Xva_flip is not None:
             flip = np.concatenate([sf.Xtr_flip, sf.Xva_flip])
-        cv = cross_validate(X, y, flip, k, cfg.cv, cfg.cv_repeats, cfg.head, cfg.head_c, cfg.class_weights, cfg.seed)
-        timings["cross-validation"] = time.perf_counter() - t2
+        try:
+            cv = cross_validate(X, y, flip, k, cfg.cv, cfg.cv_repeats, cfg.head, cfg.head_c, cfg.class_weights, cfg.seed)
+            timings["cross-validation"] = time.perf_counter() - t2
+        except TransferkitError as err:  # e.g. a class left with one readable image: the run itself is still fine
+            import sys
+
+            print(f"note: no cross-validation ({err})", file=sys.stderr)
     n_rows = len(sf.training_rows(with_val=True)[1]) if refit else len(ytr)
     return FeatureFit(state, hidden, probs, sf.val_ok, sf.train_ok, timings, sf.stats, curve, epochs, refit, n_rows, cv)
