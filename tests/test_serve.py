@@ -344,7 +344,12 @@ def test_page_is_served_and_offline(client):
     assert "<select id=\"model\"" in html and "models/" in html
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.I), "the page must not load anything external"
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html, re.I)  # everything inline
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert not re.search(r"https?://", docs.text), "the API docs must work offline too"
+    for src in re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", docs.text):
+        assert client.get(src).status_code == 200, src
+    assert client.get("/docs-assets/..%2F..%2Fpage.html").status_code == 404
     spec = client.get("/openapi.json").json()
     assert "/models/{name}/predict" in spec["paths"]
 
@@ -397,6 +402,9 @@ def test_page_round_trip_in_a_browser(models, tmp_path):
             assert page.locator(".bar").count() == 3
             labels = page.locator(".bar .lab").all_inner_texts()
             assert sorted(labels) == sorted(CLASSES)
+            page.goto(f"http://127.0.0.1:{port}/docs")  # the API docs render offline too
+            page.wait_for_selector(".opblock", timeout=20000)
+            assert page.locator(".opblock").count() >= 4
             browser.close()
         outside = [u for u in seen if not u.startswith((f"http://127.0.0.1:{port}/", "blob:", "data:"))]
         assert not outside, outside  # offline: nothing but this server

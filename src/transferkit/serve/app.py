@@ -146,6 +146,23 @@ async def _plain(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _docs_assets() -> dict[str, tuple[bytes, str]]:
+    """Swagger UI 5's files from the ``swagger-ui-bundle-v2`` package, read once, so ``/docs`` works offline
+    (FastAPI's default page loads them from a CDN); empty when the package is absent."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return {}
+    from pathlib import Path
+
+    root = Path(swagger_ui_bundle.swagger_ui_path)
+    files = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+    try:
+        return {name: ((root / name).read_bytes(), media) for name, media in files.items()}
+    except OSError:
+        return {}
+
+
 def _safe_name(name: str | None, default: str) -> str:
     """What an upload is called in answers: the file name's last part only (it never reaches the filesystem)."""
     if not name:
@@ -174,7 +191,7 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
         for b in batchers.values():
             await b.stop()
 
-    app = FastAPI(title="transferkit serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="transferkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Predictions of transferkit model directories. Each answer is the JSON that the "
                               "task's CLI prints with --json, one object per input.")
     app.state.handlers, app.state.batchers, app.state.settings = handlers, batchers, settings
@@ -198,6 +215,31 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
                                            "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
                                            "X-Content-Type-Options": "nosniff"})
+
+    docs_assets = _docs_assets()
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if not docs_assets:
+            return HTMLResponse("<!doctype html><title>API docs</title><p>The interactive docs need the "
+                                "<code>swagger-ui-bundle-v2</code> package (served from here, offline); the API "
+                                "itself is described in <a href=\"openapi.json\">openapi.json</a>.</p>")
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="transferkit serve: API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no call to swagger.io
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        from fastapi.responses import Response
+
+        if name not in docs_assets:  # a fixed list read at start, never a path
+            raise HTTPException(404, "Not Found")
+        data, media = docs_assets[name]
+        return Response(data, media_type=media, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health", summary="Liveness: ok and how many models are loaded")
     async def health() -> dict[str, Any]:
