@@ -427,6 +427,8 @@ def test_bad_uploads_are_400_with_one_sentence(client):
     assert client.post("/models/clf/predict", content=b"{", headers={"content-type": "application/json"}).status_code == 400
     assert client.post("/models/clf/predict", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
     assert client.post("/models/clf/predict", files={"other": ("x.png", png())}).status_code == 400
+    r = client.post("/models/clf/predict", files={"file": ("strip.png", png(size=(1, 20000)))})
+    assert r.status_code == 400 and "elongated" in r.json()["detail"]  # its resize would need gigapixels
     # odd modes decode as in predict
     for mode, colour in (("RGBA", (255, 0, 0, 0)), ("L", 90), ("P", 3), ("I;16", 4000), ("CMYK", (0, 255, 255, 0))):
         buf = io.BytesIO()

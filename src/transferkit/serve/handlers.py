@@ -36,6 +36,7 @@ from transferkit.errors import TransferkitError
 
 # the JSON a handler's run() returns for one input
 Result = dict[str, Any]
+MAX_ASPECT = 50  # longest side / shortest side of an accepted upload
 
 
 @dataclass
@@ -89,7 +90,11 @@ class Handler:
         if inp.data is None:
             raise TransferkitError(f"Model {self.name!r} takes an image: upload one (multipart field 'file', "
                                    "or JSON {\"image\": BASE64}).")
-        return decode_image_bytes(inp.data, inp.name, draft_size, self.opts.max_upload_bytes, self.opts.max_pixels)
+        img = decode_image_bytes(inp.data, inp.name, draft_size, self.opts.max_upload_bytes, self.opts.max_pixels)
+        w, h = img.size
+        if max(w, h) > MAX_ASPECT * min(w, h):  # resizing the short side would blow a 1 x 60,000 strip up to gigapixels
+            raise TransferkitError(f"{inp.name}: a {w}x{h} image is too elongated (more than {MAX_ASPECT}:1) to read.")
+        return img
 
     def prepare(self, inp: Input) -> Any:
         raise NotImplementedError
