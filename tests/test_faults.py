@@ -508,14 +508,23 @@ def test_bad_class_layouts_are_named_with_counts(tmp_path, capsys):
 
 
 def test_a_second_process_into_the_same_run_folder_is_refused(tmp_path, capsys):
-    """Row: two processes writing one run folder. The second refuses in one line; nothing is overwritten."""
+    """Row: two processes writing one run folder. While one trains, a second run into the folder (new or
+    --resume) refuses in one line and writes nothing; the lock dies with its process (kill -9 included)."""
     from transferkit.cli.main import main
 
     run = tmp_path / "run"
-    faults_tiny.train(run, epochs=1)
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    data = make_class_folders(tmp_path / "d", n_per_class=3, size=16, classes=("red", "green"))
-    code = main(["classify", "fit", str(data), "--out", str(run), *TINY_FLAGS])
-    err = capsys.readouterr().err
-    assert code == 2 and "--resume" in err and err.count("\n") == 1, err
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    proc = _tiny_script(tmp_path, run, "--epochs", "400", "--sleep", "0.02")
+    try:
+        _wait_for(run / "checkpoints" / "last.ckpt", proc)
+        with pytest.raises(TransferkitError, match=f"Another transferkit process \\(pid {proc.pid}\\) is training"):
+            faults_tiny.train(run, epochs=400, resume=True)
+        data = make_class_folders(tmp_path / "d", n_per_class=3, size=16, classes=("red", "green"))
+        code = main(["classify", "fit", str(data), "--out", str(run), *TINY_FLAGS])
+        err = capsys.readouterr().err
+        assert code == 2 and "--resume" in err and err.count("\n") == 1, err
+        assert not (run / "config.yaml").exists() and not (run / "split.json").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    trainer, _ = faults_tiny.train(run, epochs=int(_ckpt(run / "checkpoints" / "last.ckpt")["epoch"]) + 2, resume=True)
+    assert trainer.current_epoch >= 2  # the dead process's lock is gone

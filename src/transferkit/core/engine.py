@@ -210,6 +210,43 @@ def check_writable(out: str | os.PathLike, what: str = "--out") -> None:
         raise TransferkitError(f"{what} {out} cannot be written: {err.strerror or err} in {probe}.") from None
 
 
+LOCK_FILE = ".transferkit.lock"
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> int | None:
+    """Take the run folder's lock (``flock`` on ``RUN/.transferkit.lock``, released by :func:`unlock_run_dir`
+    or when the process ends, even by ``kill -9``); returns its descriptor, None where flock is missing.
+
+    Raises:
+        TransferkitError: another process holds it (it is training into this folder).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return None  # a DDP worker process: the launching process (rank 0) holds the lock
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise TransferkitError(
+            f"Another transferkit process{f' (pid {other})' if other.isdigit() else ''} is training into {run_dir}; "
+            "wait for it to finish or stop it, or choose another --out."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def unlock_run_dir(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
     """Create the run folder, or check it can be resumed.
 
@@ -223,6 +260,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
     if resume:
         if not last.is_file():
             raise TransferkitError(f"Nothing to resume in {run_dir}: no {CHECKPOINT_DIR}/{LAST}.")
+        unlock_run_dir(lock_run_dir(run_dir))  # refuses while another process trains into it
         return run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise TransferkitError(f"{run_dir} is a file; choose a folder for --out.")
@@ -690,12 +728,22 @@ def fit(trainer: Any, module: Any, train_loader: Any, val_loader: Any = None, ru
     ckpt = None
     if run_dir is None:
         run_dir = getattr(trainer, "default_root_dir", None)
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume needs run_dir")
-        ckpt = resume_checkpoint(run_dir)
+    if resume and run_dir is None:
+        raise ValueError("resume needs run_dir")
     FaultGuard, _ = _guard_classes()
     guards = [cb for cb in trainer.callbacks if isinstance(cb, FaultGuard)]
+    # one process at a time trains into a folder (a second --resume of the same run is refused)
+    lock = lock_run_dir(run_dir) if run_dir is not None and Path(run_dir).is_dir() else None
+    try:
+        if resume:
+            ckpt = resume_checkpoint(run_dir)
+        _fit_guarded(trainer, module, train_loader, val_loader, run_dir, ckpt, guards)
+    finally:
+        unlock_run_dir(lock)
+
+
+def _fit_guarded(trainer: Any, module: Any, train_loader: Any, val_loader: Any, run_dir: Any, ckpt: str | None,
+                 guards: list[Any]) -> None:
     with _Signals() as signals:
         for g in guards:
             g.signals = signals
