@@ -108,7 +108,7 @@ def test_sigint_mid_fit_exits_130_and_resume_matches_an_uninterrupted_run(tmp_pa
 
     from transferkit.tasks.classify import ClassifyConfig, fit
 
-    epochs = 6
+    epochs = 4
     run = tmp_path / "run"
     args = ["classify", "fit", str(colours), "--out", str(run), "--strategy", "finetune", "--epochs", str(epochs),
             *TINY_FLAGS]

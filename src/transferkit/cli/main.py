@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferkit",
         description="Reuse pretrained networks and classic advanced architectures on your own data (offline-ready).",
-        epilog="Run `transferkit COMMAND --help` for a command's options.",
+        epilog="Run `transferkit COMMAND --help` for a command's options. Exit status: 0 done, 2 one `error:` line "
+               "(bad input, a diverged run, an unwritable --out), 1 internal error, 130 Ctrl-C (the run's checkpoint is "
+               "kept: the printed --resume command continues it), 143 SIGTERM. What each fault does: FAULTS.md.",
     )
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
