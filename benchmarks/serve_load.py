@@ -3,7 +3,8 @@
 Saves EfficientNet-Lite0 (bundled ImageNet weights) as a model directory (or
 takes ``--model DIR``, e.g. a detector), measures the offline images/s of
 ``transferkit predict`` on the photos (end to end, and its loop in steady state;
-before and after the load runs), then starts two
+before and after the load runs) and the network alone at batch 1, 8 and 32
+(what batching could gain here), then starts two
 ``transferkit serve`` processes on loopback, ``--max-batch 32`` and ``--max-batch
 1``, and for each client count runs that many concurrent clients (asyncio +
 httpx, keep-alive) posting the real photos (multipart, in a fixed cycle) for
@@ -46,7 +47,7 @@ def start_server(model_dir: Path, max_batch: int, port: int) -> subprocess.Popen
            "--max-batch", str(max_batch)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    while time.time() - t0 < 180:
+    while time.time() - t0 < 600:  # a busy machine takes minutes to import torch and load the model
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read()}")
         try:
@@ -135,6 +136,31 @@ def offline_speed(model_dir: Path, paths: list[Path]) -> tuple[float, float | No
     return end_to_end, len(paths) / one_pass()
 
 
+def network_ms_per_image(model_dir: Path, batches=(1, 8, 32), images: int = 64) -> dict[int, float] | None:
+    """The network alone (random inputs, the same Runner as predict and serve): ms per image at each batch size,
+    which bounds what batching can gain on this machine.  Classifiers only."""
+    import torch
+
+    import transferkit
+    from transferkit.core.inference import OutputHead, Runner
+    from transferkit.core.modeldir import read_config
+
+    if read_config(model_dir)["task"] not in ("pretrained", "classify", "arch"):
+        return None
+    tm = transferkit.load(model_dir)
+    runner = Runner(OutputHead.make(tm.module, "probs"), tm.preprocessing.input_size)
+    out = {}
+    for rep in range(2):  # the second round is kept (the first warms every shape)
+        for b in batches:
+            x = torch.randn(b, *tm.preprocessing.input_size)
+            runner(x)
+            t = time.perf_counter()
+            for _ in range(max(1, images // b)):
+                runner(x)
+            out[b] = round((time.perf_counter() - t) / (max(1, images // b) * b) * 1000, 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("photos", help="folder of photos (searched recursively)")
@@ -167,9 +193,12 @@ def main() -> None:
             model_dir = find_model_dir(args.model) or Path(args.model)
         else:
             model_dir = transferkit.load("efficientnet_lite0").save(Path(tmp) / "lite0")
+        net = network_ms_per_image(model_dir)
+        if net:
+            print("network alone, ms per image by batch size: " + ", ".join(f"{b}: {v}" for b, v in net.items()), flush=True)
         offline_runs = [offline_speed(model_dir, paths)]
         print(f"offline on {len(paths)} photos: predict {offline_runs[0][0]:.1f} images/s, "
-              f"steady-state loop {offline_runs[0][1]} images/s", flush=True)
+              f"steady-state loop {offline_runs[0][1] or 0:.1f} images/s", flush=True)
         ports = {m: free_port() for m in modes}
         procs = {}
         try:
@@ -209,7 +238,7 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end; transferkit {transferkit.__version__}")
     print(f"model {model_name}; offline images/s (before / after the load runs): predict {offline_runs[0][0]:.1f} / "
-          f"{offline_runs[1][0]:.1f}, steady-state loop {offline_runs[0][1]} / {offline_runs[1][1]}")
+          f"{offline_runs[1][0]:.1f}, steady-state loop {offline_runs[0][1] or 0:.1f} / {offline_runs[1][1] or 0:.1f}")
     print("| clients | max-batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | vs predict | vs steady loop |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -220,7 +249,8 @@ def main() -> None:
         u = next(r for r in rows if r["clients"] == n and r["max_batch"] == 1)
         print(f"{n} clients: batched / unbatched requests/s = {b['req_per_s'] / max(u['req_per_s'], 1e-9):.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps({"offline_images_per_s": offline_runs, "rows": rows}, indent=2))
+        Path(args.out).write_text(json.dumps({"offline_images_per_s": offline_runs, "network_ms_per_image": net,
+                                              "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
