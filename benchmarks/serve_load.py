@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--max-photos", type=int, default=128, help="photos cycled through (default: 128)")
     ap.add_argument("--model", metavar="DIR", help="serve this model or run directory instead of EfficientNet-Lite0 "
                     "(e.g. a detector)")
+    ap.add_argument("--network-only", action="store_true", help="only measure the network alone by batch size")
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
     os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
@@ -196,6 +197,8 @@ def main() -> None:
         net = network_ms_per_image(model_dir)
         if net:
             print("network alone, ms per image by batch size: " + ", ".join(f"{b}: {v}" for b, v in net.items()), flush=True)
+        if args.network_only:
+            return
         offline_runs = [offline_speed(model_dir, paths)]
         print(f"offline on {len(paths)} photos: predict {offline_runs[0][0]:.1f} images/s, "
               f"steady-state loop {offline_runs[0][1] or 0:.1f} images/s", flush=True)
