@@ -238,6 +238,14 @@ def test_saved_detector_reloads_in_a_fresh_process(yolo_run, cli, capsys):
     assert {"map50", "map", "per_class", "precision", "recall", "mean_iou", "n_images"} <= set(keys)
 
 
+def test_detector_exports_to_onnx(yolo_run):
+    from transferkit.api import export
+
+    _, run = yolo_run
+    res = export(run)
+    assert Path(res["path"]).is_file() and res["max_abs_diff"] < 1e-3
+
+
 def test_localize_trains_a_few_steps(tmp_path):
     from transferkit.core.engine import metrics_by_epoch
     from transferkit.tasks.detect import DetectConfig, fit, predict

@@ -46,12 +46,13 @@ def model_config(cfg: DetectConfig, arch: str, pre: Any, class_names: Sequence[s
                  training: dict | None = None) -> dict[str, Any]:
     """The ``config.json`` of a detector's model directory."""
     s = int(cfg.image_size)
+    net_in = int(cfg.crop_size) if cfg.method == "rcnn" else s  # rcnn's network sees warped proposals
     return {
         "task": TASK,
         "architecture": arch,
         "num_classes": len(class_names),
         "class_names": list(class_names),
-        "preprocessing": {"input_size": [3, s, s], "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+        "preprocessing": {"input_size": [3, net_in, net_in], "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
                           "mean": list(pre.mean), "std": list(pre.std)},
         "detect": {"method": cfg.method, "image_size": s, "out_indices": [2, 3, 4], "neck_channels": cfg.neck_channels,
                    "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det, **(extra or {})},
