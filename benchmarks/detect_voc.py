@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40, help="epoch cap of yolo/localize (default: 40)")
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--backbone-lr", type=float, default=None, help="backbone learning-rate factor (0 freezes; default: the config's)")
+    ap.add_argument("--proposals", type=int, default=None, help="rcnn: selective-search proposals per image (default: the config's)")
+    ap.add_argument("--crop-size", type=int, default=None, help="rcnn: warp size of the proposals (default: the config's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--reference", action="store_true", help="also train torchvision FasterRCNN for the same time")
@@ -121,7 +123,8 @@ def main() -> None:
     print(f"{args.data}: {ds.summary()}; held out {len(va)} images (seed {args.seed})")
     rows = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        extra = {} if args.backbone_lr is None else {"backbone_lr": args.backbone_lr}
+        extra = {k: v for k, v in (("backbone_lr", args.backbone_lr), ("proposals", args.proposals),
+                                   ("crop_size", args.crop_size)) if v is not None}
         cfg = DetectConfig(method=method, image_size=args.image_size, epochs=args.epochs, time_budget=args.time_budget,
                            seed=args.seed, val_fraction=args.val_fraction, **extra)
         run = fit(cfg, args.data, out / method)
