@@ -173,6 +173,7 @@ def fit_rcnn(cfg: Any, records: Sequence[Any], class_names: Sequence[str], run_d
     neg_pool = []                  # features of background proposals (IoU < 0.3 with every true box)
     reg_f, reg_t, reg_l = [], [], []
     hits = misses = 0
+    pending: dict[str, np.ndarray] = {}  # new rows, written to the cache in chunks (each write rewrites the file)
     with Progress(len(records), "rcnn features", unit="img") as bar:
         for r in records:
             try:
@@ -203,7 +204,10 @@ def fit_rcnn(cfg: Any, records: Sequence[Any], class_names: Sequence[str], run_d
                 img_t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
                 new = net.embed(img_t, boxes[todo], size).numpy()
                 feats[todo] = new
-                cache.put({digests[i]: new[j] for j, i in enumerate(todo)})
+                pending.update({digests[i]: new[j] for j, i in enumerate(todo)})
+                if len(pending) >= 4096:
+                    cache.put(pending)
+                    pending = {}
             hits += len(boxes) - len(todo)
             misses += len(todo)
             g = len(gt)
@@ -216,7 +220,7 @@ def fit_rcnn(cfg: Any, records: Sequence[Any], class_names: Sequence[str], run_d
                 reg_t.append(regression_targets(props[reg_idx], gt[arg[reg_idx]]).numpy())
                 reg_l.append(r.labels[arg[reg_idx]].numpy())
             bar.update(1)
-    # the true boxes are regression examples too (identity targets keep the regressor honest)
+    cache.put(pending)
     P, L = np.concatenate(pos_f), np.concatenate(pos_l)
     if len(P) == 0:
         raise TransferkitError("No true boxes in the training images: nothing for R-CNN to learn.")
