@@ -438,9 +438,21 @@ def _guard_classes():
             if state:
                 _set_rng_state(trainer, state)
 
-        def _check_signal(self, trainer) -> None:
-            if self.signals is not None and self.signals.received:
-                raise _Stop("signal", self.signals.received, trainer.current_epoch + 1)
+        # With several processes (DDP) every decision is taken together, once per batch (any process's NaN
+        # skips the step everywhere, any process's stop stops all), so no process waits forever for the others.
+        @staticmethod
+        def _together(trainer, decision: bool) -> bool:
+            if getattr(trainer, "world_size", 1) > 1:
+                return bool(trainer.strategy.reduce_boolean_decision(decision, all=False))
+            return decision
+
+        def _check_signal(self, trainer, collective: bool = False) -> None:
+            received = self.signals is not None and self.signals.received
+            if getattr(trainer, "world_size", 1) > 1 and not collective:
+                return  # only at the collective point (the end of a training batch)
+            if self._together(trainer, bool(received)) if collective else received:
+                raise _Stop("signal", (self.signals.received if received else None) or "SIGINT",
+                            trainer.current_epoch + 1)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self._losses = []
@@ -453,7 +465,7 @@ def _guard_classes():
                 pass
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if any(not math.isfinite(v) for v in self._losses):
+            if self._together(trainer, any(not math.isfinite(v) for v in self._losses)):
                 for group in optimizer.param_groups:  # no gradient: the optimiser leaves the weights alone
                     for p in group["params"]:
                         p.grad = None
@@ -461,6 +473,7 @@ def _guard_classes():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses, self._losses = self._losses, []
             where = f"epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}"
+            stop: str | None = None
             if losses:
                 if any(not math.isfinite(v) for v in losses):
                     self._nan_run += 1
@@ -469,8 +482,7 @@ def _guard_classes():
                     if self._nan_run == 1:
                         print(f"warning: the loss is {bad} in {where}; that step is skipped", file=sys.stderr, flush=True)
                     if self._nan_run >= self.nan_limit:
-                        raise _Stop("diverged", f"the loss was {bad} for {self._nan_run} batches in a row "
-                                    f"(up to {where})", trainer.current_epoch + 1)
+                        stop = f"the loss was {bad} for {self._nan_run} batches in a row (up to {where})"
                 else:
                     self._nan_run = 0
                     v = max(abs(x) for x in losses)
@@ -483,12 +495,14 @@ def _guard_classes():
                             print(f"warning: the loss is {v:.3g} in {where}, over {self.factor:g}x the first batch's "
                                   f"{self.reference:.3g}: training is diverging", file=sys.stderr, flush=True)
                         if self._explode_run >= self.explode_limit:
-                            raise _Stop("diverged", f"the loss exploded to {v:.3g}, over {self.factor:g}x the first "
-                                        f"batch's {self.reference:.3g}, for {self._explode_run} batches in a row "
-                                        f"(up to {where})", trainer.current_epoch + 1)
+                            stop = (f"the loss exploded to {v:.3g}, over {self.factor:g}x the first batch's "
+                                    f"{self.reference:.3g}, for {self._explode_run} batches in a row (up to {where})")
                     else:
                         self._explode_run = 0
-            self._check_signal(trainer)
+            if self._together(trainer, stop is not None):
+                raise _Stop("diverged", stop or f"another process's loss diverged (up to {where})",
+                            trainer.current_epoch + 1)
+            self._check_signal(trainer, collective=True)
 
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             if not trainer.sanity_checking:
