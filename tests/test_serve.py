@@ -326,6 +326,14 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(client):
     assert client.get("/stats").json()["clf"]
 
 
+def test_a_lone_request_does_not_wait_for_company(models):
+    with _client(models, max_batch=8, max_wait_ms=5000) as c:
+        c.post("/models/clf/predict", files={"file": ("a.png", png())})  # warm
+        t = time.perf_counter()
+        assert c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code == 200
+        assert time.perf_counter() - t < 2.5  # not the 5 s wait window: nobody else was on the way
+
+
 def test_max_batch_one_never_groups(models):
     with _client(models, max_batch=1, max_wait_ms=300) as c:
         with ThreadPoolExecutor(6) as pool:

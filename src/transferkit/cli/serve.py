@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32,
                    help="largest batch of concurrent requests run together (default: 32; 1 = no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its batch (default: 5)")
+                   help="how long a batch waits for requests that have arrived and are still being decoded "
+                   "(default: 5; a lone request never waits)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own copy of the models (default: 1)")
     p.add_argument("--token", default=None,

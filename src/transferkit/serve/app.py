@@ -281,9 +281,16 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
         inputs = await _read_inputs(request, {"top_k": top_k}, handler)
         from starlette.concurrency import run_in_threadpool
 
+        batcher = batchers[name]
+
         async def one(inp: Input):
-            prepared = await run_in_threadpool(handler.prepare, inp)  # decode + preprocess off the event loop
-            return await batchers[name].submit(prepared)
+            batcher.expect()  # a batch forming now may wait for this input while it decodes
+            try:
+                prepared = await run_in_threadpool(handler.prepare, inp)  # decode + preprocess off the event loop
+            except BaseException:
+                batcher.cancel_expect()
+                raise
+            return await batcher.submit(prepared, expected=True)
 
         try:
             answers = await asyncio.wait_for(asyncio.gather(*(one(i) for i in inputs)), settings.timeout_s)

@@ -1,13 +1,13 @@
 """Micro-batching: concurrent requests to one model are grouped into one forward pass.
 
-Each model has a :class:`Batcher`: requests put their (already decoded and
-preprocessed) input on a queue and wait on a future.  One loop per model takes
-the first waiting input, then whatever else arrives within ``max_wait_s`` (or
-is already queued), up to ``max_batch``, and runs the batch on the model's own
-single inference thread, so the event loop keeps accepting and decoding
-requests while the network runs.  While a batch runs, new requests queue up,
-so under load batches fill by themselves and the wait window only matters
-when traffic is light.
+Each model has a :class:`Batcher`: a request announces itself (:meth:`Batcher.expect`)
+when it arrives, then decodes and preprocesses its input and puts it on a queue,
+and waits on a future.  One loop per model takes the first waiting input, then
+whatever else is queued, and waits up to ``max_wait_s`` more only while other
+announced requests are still decoding, up to ``max_batch``; it runs the batch
+on the model's own single inference thread, so the event loop keeps accepting
+and decoding requests while the network runs.  While a batch runs, new requests
+queue up, so under load batches fill by themselves; a lone request never waits.
 
 ``max_batch=1`` turns batching off (each request is its own forward pass):
 the baseline of ``benchmarks/serve_load.py``.
@@ -40,6 +40,7 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"tk-{name}")
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._incoming = 0  # announced inputs still being prepared
 
     def start(self) -> None:
         """Start the batching loop on the running event loop (the app's startup)."""
@@ -55,10 +56,22 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, item: Any) -> Any:
-        """Queue one prepared input and wait for its result (exceptions come back as raised)."""
+    def expect(self) -> None:
+        """An input is on its way (being decoded): a batch that has room may wait for it."""
+        self._incoming += 1
+
+    def cancel_expect(self) -> None:
+        """The announced input will not come (it failed to decode)."""
+        self._incoming = max(0, self._incoming - 1)
+
+    async def submit(self, item: Any, expected: bool = False) -> Any:
+        """Queue one prepared input and wait for its result (exceptions come back as raised).
+
+        ``expected``: the input was announced with :meth:`expect`."""
         if self._queue is None:
             raise RuntimeError("Batcher.start() was not called")
+        if expected:
+            self.cancel_expect()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put((item, fut))
         return await fut
@@ -73,7 +86,7 @@ class Batcher:
                 batch.append(q.get_nowait())
                 continue
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or self._incoming <= 0:  # nobody else is on the way: run now
                 break
             try:
                 batch.append(await asyncio.wait_for(q.get(), left))
