@@ -146,7 +146,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> tuple[float, f
     warnings.filterwarnings("ignore", message=r".*will save all extracted features.*")
 
     n = min(len(real), len(fake))
-    subset = min(1000, n)
+    subset = min(1000, max(2, n // 2))  # subsets of half the samples, so that they differ and the std means something
     torch.manual_seed(seed)
     metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=20 if n > 50 else 10, subset_size=subset,
                                      normalize=True)
