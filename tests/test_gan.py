@@ -318,3 +318,18 @@ def test_cli_sample_eval_and_bad_input(dcgan_run, blobs, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_training_steps_lower_the_fid_of_the_untrained_generator(blobs, tmp_path):
+    from transferkit.tasks.gan.train import generate, load_gan
+
+    cfg = tiny(epochs=8, lr=2e-3, fid=False, val_fraction=0.0)  # 48 generator steps
+    run = fit(cfg, blobs, tmp_path / "run")
+    untrained = models.DCGANGenerator(cfg.latent, 3, 16, cfg.width)
+    real = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(blobs.rglob("*.png"))]))
+    fn = FeatureNet("efficientnet_lite0", size=64)
+    real_f = fn(real.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    z = torch.randn(48, cfg.latent, generator=torch.Generator().manual_seed(1))
+    before = fid(real_f, fn(generate(untrained, z)))
+    after = fid(real_f, fn(generate(load_gan(run)[0].module, z)))
+    assert after < 0.85 * before, (before, after)
