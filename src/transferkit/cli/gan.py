@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "row per class, or only --label.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="GAN run (or model) folder")
-    p.add_argument("--n", type=int, default=64, help="how many samples (per class row for conditional models; default 64)")
+    p.add_argument("--n", type=int, default=64, help="how many samples (default 64); conditional models share them out over one row per class, at least one each")
     p.add_argument("--out", required=True, metavar="PATH", help="a .png file (one grid) or a folder (one PNG each)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the latent points (default 0)")
     p.add_argument("--interpolate", action="store_true", help="a strip of --n images walking in a straight line "
