@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only); "
                    "any other needs --token")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--max-batch", type=int, default=32,
-                   help="largest batch of concurrent requests run together (default: 32; 1 = no batching)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch of concurrent requests run together (default: 32 on a GPU, 8 on a CPU, where "
+                   "bigger batches gain nothing and cost latency: BENCHMARKS.md; 1 = no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for requests that have arrived and are still being decoded "
                    "(default: 5; a lone request never waits)")
@@ -44,11 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_serve)
 
 
+def default_max_batch(device: str) -> int:
+    """32 where the models run on a GPU; 8 on a CPU (measured: no throughput gain beyond, longer tails)."""
+    if device.startswith("cuda"):
+        return 32
+    if device == "auto":
+        import torch
+
+        return 32 if torch.cuda.is_available() else 8
+    return 8
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from transferkit.errors import TransferkitError
     from transferkit.serve import check_bind, serve
 
     token = args.token or os.environ.get("TRANSFERKIT_SERVE_TOKEN") or None
+    if args.max_batch is None:
+        args.max_batch = default_max_batch(args.device)
     check_bind(args.host, token)  # before any model loads
     if args.max_batch < 1 or args.workers < 1 or args.max_wait_ms < 0 or args.timeout <= 0 or args.max_upload_mb <= 0:
         raise TransferkitError("--max-batch and --workers must be at least 1; --max-wait-ms, --timeout and "
