@@ -45,25 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_serve)
 
 
-def default_max_batch(device: str) -> int:
-    """32 where the models run on a GPU; 8 on a CPU (measured: no throughput gain beyond, longer tails)."""
-    if device.startswith("cuda"):
-        return 32
-    if device == "auto":
-        import torch
-
-        return 32 if torch.cuda.is_available() else 8
-    return 8
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from transferkit.errors import TransferkitError
     from transferkit.serve import check_bind, serve
 
     token = args.token or os.environ.get("TRANSFERKIT_SERVE_TOKEN") or None
+    check_bind(args.host, token)  # before anything heavy loads
     if args.max_batch is None:
+        from transferkit.serve.app import default_max_batch
+
         args.max_batch = default_max_batch(args.device)
-    check_bind(args.host, token)  # before any model loads
     if args.max_batch < 1 or args.workers < 1 or args.max_wait_ms < 0 or args.timeout <= 0 or args.max_upload_mb <= 0:
         raise TransferkitError("--max-batch and --workers must be at least 1; --max-wait-ms, --timeout and "
                                "--max-upload-mb must be positive.")

@@ -44,7 +44,7 @@ class ServeSettings:
 
     Attributes:
         models: ``DIR`` or ``NAME=DIR`` per model.
-        max_batch: largest batch of concurrent requests (1: no batching).
+        max_batch: largest batch of concurrent requests (1: no batching; None: :func:`default_max_batch`).
         max_wait_ms: how long a request waits for others to share its batch.
         token: required as ``Authorization: Bearer TOKEN`` when set.
         max_upload_mb: largest request body, in MB (413 beyond).
@@ -52,7 +52,7 @@ class ServeSettings:
     """
 
     models: list[str] = field(default_factory=list)
-    max_batch: int = 32
+    max_batch: int | None = None
     max_wait_ms: float = 5.0
     token: str | None = None
     max_upload_mb: float = 20.0
@@ -64,6 +64,18 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def default_max_batch(device: str = "auto") -> int:
+    """32 where the models run on a GPU; 8 on a CPU, where larger batches measured no faster and slower in the
+    tail (BENCHMARKS.md, issue 22)."""
+    if device.startswith("cuda"):
+        return 32
+    if device == "auto":
+        import torch
+
+        return 32 if torch.cuda.is_available() else 8
+    return 8
 
 
 def load_models(settings: ServeSettings) -> dict[str, Handler]:
@@ -178,6 +190,8 @@ def create_app(settings: ServeSettings, handlers: dict[str, Handler] | None = No
     from transferkit import __version__
 
     handlers = handlers if handlers is not None else load_models(settings)
+    if settings.max_batch is None:
+        settings.max_batch = default_max_batch(settings.device)
     batchers = {name: Batcher(h.run, settings.max_batch, settings.max_wait_ms / 1000.0, name)
                 for name, h in handlers.items()}
     page = page_html()
