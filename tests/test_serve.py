@@ -86,7 +86,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     words = ["".join(rng.choice(list("abcdef"), rng.integers(2, 6))) for _ in range(120)]
     (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
     cfg = Seq2seqConfig(level="char", hidden=16, embed=8, attention="none", dropout=0.0, label_smoothing=0.0,
-                        batch_size=32, epochs=1, patience=None, time_limit=None, beam=1, device="cpu", seed=0)
+                        batch_size=32, epochs=1, patience=None, time_limit=None, beam=1, device="cpu", seed=0, precision="32")
     s2s_fit(cfg, root / "rev.tsv", root / "s2s")
     out["s2s"] = root / "s2s"
     return out
