@@ -211,12 +211,13 @@ def gen_models(tmp_path_factory) -> dict[str, Path]:
     out = {"gan": gan_fit(tiny(conditional=True, epochs=1, fid=False), root / "blobs", root / "cgan")}
     out["p2p"] = gan_fit(tiny(kind="pix2pix", epochs=1, batch_size=4, fid=False, val_fraction=0.25), root / "pairs",
                          root / "p2p")
-    os.environ.setdefault("TRANSFERKIT_CACHE", str(root / "cache"))
     data = make_shapes(root / "shapes", n_per=2, size=32)
     cfg = CaptionConfig(encoder="test_efficientnet", weights="none", embed=16, hidden=16, min_count=1, epochs=1,
                         batch_size=16, precision="32", patience=None, time_budget=None, val_fraction=0.25,
                         device="cpu", beam=1, val_images=4)
-    cap_fit(cfg, data, root / "cap")
+    with pytest.MonkeyPatch.context() as mp:  # the feature cache in this module's folder, for this fit only
+        mp.setenv("TRANSFERKIT_CACHE", str(root / "cache"))
+        cap_fit(cfg, data, root / "cap")
     out["cap"] = root / "cap"
     return out
 
