@@ -13,13 +13,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TRANSFERKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-# Keep test runs quiet and off the network; one thread per xdist worker avoids oversubscription.
+# Keep test runs quiet and off the network.
 os.environ.setdefault("TRANSFERKIT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
+# One thread everywhere (this process, xdist workers and every CLI subprocess, which inherit the
+# variable): a tiny model then computes the same numbers alone, in its file, in the whole suite
+# and in a subprocess, and two xdist workers do not oversubscribe two cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402  (after OMP_NUM_THREADS, so that the setting takes)
 
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """No state carried between tests: a fresh cache folder (weights, features) and reseeded RNGs.
+
+    Training precision is left to ``$TRANSFERKIT_PRECISION`` (what ``--precision auto`` means), so
+    the suite runs once with ``TRANSFERKIT_PRECISION=32`` and once with ``=bf16``; tests whose
+    assertion depends on the numbers pin ``precision="32"`` themselves.
+    """
+    import random
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
 
 
 def transferkit_cmd() -> list[str]:

@@ -5,8 +5,12 @@ that :func:`make_trainer` builds, so every task gets the same behaviour:
 
 * devices chosen automatically (``--device``), DDP with ``--ddp`` (and
   ``--num-nodes`` for several machines);
-* precision: bf16 mixed on GPUs and on CPUs with native bf16, fp32 elsewhere
-  (bf16 emulated on other CPUs is several times *slower*);
+* precision: ``auto`` is bf16 mixed on GPUs that have it (else fp16 mixed) and
+  fp32 on CPUs, native bf16 or not: measured on every task, bf16-mixed CPU
+  training was not faster at equal accuracy (:data:`CPU_AUTO_PRECISION`,
+  ``benchmarks/cpu_precision.py``, BENCHMARKS.md).  ``TRANSFERKIT_PRECISION``
+  (``32`` or ``bf16``) changes what ``auto`` means, for tests and for users who
+  measured otherwise; an explicit ``--precision`` always wins;
 * ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` on the
   monitored metric, written atomically by Lightning (fsspec transaction);
 * early stopping (``--patience``), then :func:`restore_best` loads the best weights;
@@ -67,7 +71,8 @@ class TrainConfig:
     devices: str = doc("how many devices (or 'auto'); with --ddp, GPUs per machine", "auto")
     ddp: bool = doc("data-parallel training across devices (DistributedDataParallel)", False)
     num_nodes: int = doc("machines for multi-node DDP", 1)
-    precision: Literal["auto", "32", "bf16", "16"] = doc("numeric precision; auto = bf16 where the hardware is fast at it", "auto")
+    precision: Literal["auto", "32", "bf16", "16"] = doc(
+        "numeric precision; auto = bf16 on GPUs that have it, fp32 on CPUs (measured), or $TRANSFERKIT_PRECISION", "auto")
     workers: Optional[int] = doc("DataLoader worker processes (None: automatic)", None)
 
 
@@ -91,19 +96,45 @@ def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
+# What ``--precision auto`` trains in on a CPU.  Measured by benchmarks/cpu_precision.py on
+# classify finetune, conv autoencoder, siamese and seq2seq (BENCHMARKS.md, "CPU training
+# precision"): on an AVX-512 CPU with native bf16 (AMD EPYC, avx512_bf16, no AMX) bf16-mixed
+# was not faster at equal accuracy, and on AVX2-only CPUs it is emulated and slower still.
+# Change it only with a new measurement.
+CPU_AUTO_PRECISION = "32"
+PRECISION_ENV = "TRANSFERKIT_PRECISION"
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def auto_precision_override() -> str | None:
+    """``$TRANSFERKIT_PRECISION`` (32, bf16 or 16) when set: what ``auto`` resolves to."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in PRECISIONS:
+        raise TransferkitError(f"{PRECISION_ENV}={value!r} is not a precision; use one of 32, bf16, 16 or auto.")
+    return value
+
+
 def choose_precision(requested: str, device: str = "auto") -> str:
-    """Lightning precision string for the request and the hardware."""
+    """Lightning precision string for the request and the hardware.
+
+    An explicit request wins; ``auto`` is ``$TRANSFERKIT_PRECISION`` when set, else bf16 mixed on a
+    GPU with bf16 (fp16 mixed on older GPUs) and :data:`CPU_AUTO_PRECISION` on a CPU.  bf16 can be
+    asked for on any CPU: oneDNN emulates it where the CPU has no native bf16 (slowly).
+    """
     import torch
 
-    from transferkit.core.inference import cpu_supports_bf16
-
-    table = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+    if requested == "auto":
+        requested = auto_precision_override() or "auto"
     if requested != "auto":
-        return table[requested]
+        if requested not in PRECISIONS:
+            raise TransferkitError(f"--precision {requested!r} is not one of auto, 32, bf16, 16.")
+        return PRECISIONS[requested]
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+    return PRECISIONS[CPU_AUTO_PRECISION]
 
 
 LOADER_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch (env TRANSFERKIT_LOADER_TIMEOUT)
