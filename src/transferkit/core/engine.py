@@ -218,6 +218,36 @@ def _worker_init(worker_id: int) -> None:
 # --------------------------------------------------------------------------- run folders
 
 
+def process_rank() -> int:
+    """This process's global rank under a DDP launcher, 0 when not distributed.
+
+    Lightning's own launcher (``--devices N --ddp``) re-runs the command for ranks 1..N-1 with
+    ``LOCAL_RANK``/``NODE_RANK`` set; ``torchrun`` sets ``RANK``; SLURM's ``srun`` sets ``SLURM_PROCID``.
+    Only rank 0 creates, checks and writes the run folder; the others read what it wrote.
+    """
+    for key in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    if any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK")):
+        return max(1, int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return 0
+
+
+def is_rank_zero() -> bool:
+    """True in the process that owns the run folder (always, without DDP)."""
+    return process_rank() == 0
+
+
+def _wait_for_rank_zero(run_dir: Path, timeout_s: float = 600.0) -> None:
+    """Ranks 1..N-1: wait until rank 0 has created the run folder (torchrun starts all ranks at once)."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "config.yaml").is_file():
+        if time.monotonic() > deadline:
+            raise TransferkitError(f"rank {process_rank()}: rank 0 did not create {run_dir} within {timeout_s:.0f} s.")
+        time.sleep(0.2)
+
+
 def check_writable(out: str | os.PathLike, what: str = "--out") -> None:
     """Check that ``out`` (a file or folder to be written) can be created, without creating anything.
 
@@ -255,7 +285,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> int | None:
         import fcntl
     except ImportError:  # Windows: no lock
         return None
-    if any(os.environ.get(k, "0") not in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+    if not is_rank_zero():
         return None  # a DDP worker process: the launching process (rank 0) holds the lock
     path = Path(run_dir) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -288,6 +318,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
     """
     run_dir = Path(run_dir)
     last = run_dir / CHECKPOINT_DIR / LAST
+    if not is_rank_zero():  # DDP: rank 0 made (or checked) the folder; the guard is its job alone
+        _wait_for_rank_zero(run_dir)
+        return run_dir
     if resume:
         if not last.is_file():
             raise TransferkitError(f"Nothing to resume in {run_dir}: no {CHECKPOINT_DIR}/{LAST}.")

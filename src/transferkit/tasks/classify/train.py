@@ -106,8 +106,9 @@ def fit(cfg: ClassifyConfig, data: str | os.PathLike, out: str | os.PathLike, re
         old = json.loads((run_dir / "split.json").read_text())
         if old.get("train") != split_record["train"] or old.get("val") != split_record["val"]:
             _say("warning: the data differ from the interrupted run's split; resuming anyway")
-    C.save(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "split.json", json.dumps(split_record, indent=1))
+    if engine.is_rank_zero():  # DDP: the other ranks compute the same seeded split and write nothing
+        C.save(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "split.json", json.dumps(split_record, indent=1))
     skips = SkipLog()
     if cfg.strategy == "features":
         result = _fit_features(cfg, split, backbone, arch, pre, run_dir, resume, skips)
