@@ -246,13 +246,14 @@ def test_detector_exports_to_onnx(yolo_run):
     assert Path(res["path"]).is_file() and res["max_abs_diff"] < 1e-3
 
 
-def test_localize_trains_a_few_steps(tmp_path):
+def test_localize_trains_a_few_steps(tmp_path, capsys):
     from transferkit.core.engine import metrics_by_epoch
     from transferkit.tasks.detect import DetectConfig, fit, predict
 
     write_voc(tmp_path / "voc", make_boxes(16, 64, seed=4, negatives=2))
     cfg = DetectConfig(method="localize", epochs=8, val_fraction=0.25, **{**TINY, "batch_size": 4, "lr": 1e-2})
     run = fit(cfg, tmp_path / "voc", tmp_path / "run")
+    assert "it learns the largest box" in capsys.readouterr().err
     loss = [v for _, v in metrics_by_epoch(run)["train_loss"]]
     assert min(loss[-2:]) < 0.85 * loss[0]
     out = predict(run, [str(tmp_path / "voc" / "images")], conf=0.0)

@@ -86,6 +86,11 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
         "bad_files": [list(b) for b in ds.bad_files]}, indent=1))
     train_recs = [ds.records[i] for i in tr_idx]
     val_recs = [ds.records[i] for i in va_idx]
+    if cfg.method == "localize":
+        several = sum(1 for r in train_recs if len(r.boxes) > 1)
+        if several:
+            print(f"localize: {several} training image{'s hold' if several != 1 else ' holds'} several boxes; "
+                  "it learns the largest box of each image", file=sys.stderr)
     t0 = time.perf_counter()
     if cfg.method == "rcnn":
         from transferkit.tasks.detect.rcnn import fit_rcnn
