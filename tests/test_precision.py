@@ -122,3 +122,17 @@ def engine_rows(run):
 
     with (run / "metrics.csv").open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_auto_on_cpu_follows_each_tasks_measurement(monkeypatch):
+    """Only tasks measured faster in bf16 train in it under auto, and only where the CPU has native bf16."""
+    from transferkit.core.inference import cpu_supports_bf16
+    from transferkit.tasks.classify import ClassifyConfig
+    from transferkit.tasks.siamese.config import SiameseConfig
+
+    monkeypatch.delenv(engine.PRECISION_ENV, raising=False)
+    assert engine.choose_precision("auto", "cpu", cpu_bf16_measured=True) == ("bf16-mixed" if cpu_supports_bf16() else "32-true")
+    assert engine.choose_precision("auto", "cpu", cpu_bf16_measured=False) == "32-true"
+    assert SiameseConfig.CPU_BF16_MEASURED and not getattr(ClassifyConfig, "CPU_BF16_MEASURED", False)
+    monkeypatch.setenv(engine.PRECISION_ENV, "32")  # the override beats the per-task measurement
+    assert engine.choose_precision("auto", "cpu", cpu_bf16_measured=True) == "32-true"

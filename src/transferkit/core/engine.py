@@ -5,11 +5,11 @@ that :func:`make_trainer` builds, so every task gets the same behaviour:
 
 * devices chosen automatically (``--device``), DDP with ``--ddp`` (and
   ``--num-nodes`` for several machines);
-* precision: ``auto`` is bf16 mixed on GPUs that have it (else fp16 mixed) and
-  fp32 on CPUs, native bf16 or not: measured on every task, bf16-mixed CPU
-  training was not faster at equal accuracy (:data:`CPU_AUTO_PRECISION`,
-  ``benchmarks/cpu_precision.py``, BENCHMARKS.md).  ``TRANSFERKIT_PRECISION``
-  (``32`` or ``bf16``) changes what ``auto`` means, for tests and for users who
+* precision: ``auto`` is bf16 mixed on GPUs that have it (else fp16 mixed); on
+  CPUs it follows the measurement (``benchmarks/cpu_precision.py``,
+  BENCHMARKS.md): fp32, except bf16 mixed for the tasks measured faster at
+  equal accuracy on CPUs with native bf16 (a config's ``CPU_BF16_MEASURED``).
+  ``TRANSFERKIT_PRECISION`` (``32`` or ``bf16``) changes what ``auto`` means, for tests and for users who
   measured otherwise; an explicit ``--precision`` always wins;
 * ``checkpoints/last.ckpt`` every epoch and ``checkpoints/best.ckpt`` on the
   monitored metric, written atomically by Lightning (fsspec transaction);
@@ -96,11 +96,13 @@ def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=True, verbose=False)
 
 
-# What ``--precision auto`` trains in on a CPU.  Measured by benchmarks/cpu_precision.py on
-# classify finetune, conv autoencoder, siamese and seq2seq (BENCHMARKS.md, "CPU training
-# precision"): on an AVX-512 CPU with native bf16 (AMD EPYC, avx512_bf16, no AMX) bf16-mixed
-# was not faster at equal accuracy, and on AVX2-only CPUs it is emulated and slower still.
-# Change it only with a new measurement.
+# What ``--precision auto`` trains in on a CPU.  Measured by benchmarks/cpu_precision.py at equal
+# steps (BENCHMARKS.md, "CPU training precision") on an AVX-512 CPU with native bf16 (AMD EPYC,
+# avx512_bf16, no AMX): classify finetune and the conv autoencoder were not faster in bf16 (CPU time
+# 0.96x, 1.03x), the Siamese small CNN was (0.84x CPU time, same one-shot accuracy), seq2seq too (0.79x)
+# but at a length where its accuracy says nothing yet.  So: fp32, except tasks whose config sets
+# CPU_BF16_MEASURED = True, and only on CPUs with native bf16 (emulated bf16 is slower).
+# Change either only with a new measurement.
 CPU_AUTO_PRECISION = "32"
 PRECISION_ENV = "TRANSFERKIT_PRECISION"
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
@@ -116,12 +118,13 @@ def auto_precision_override() -> str | None:
     return value
 
 
-def choose_precision(requested: str, device: str = "auto") -> str:
+def choose_precision(requested: str, device: str = "auto", cpu_bf16_measured: bool = False) -> str:
     """Lightning precision string for the request and the hardware.
 
     An explicit request wins; ``auto`` is ``$TRANSFERKIT_PRECISION`` when set, else bf16 mixed on a
-    GPU with bf16 (fp16 mixed on older GPUs) and :data:`CPU_AUTO_PRECISION` on a CPU.  bf16 can be
-    asked for on any CPU: oneDNN emulates it where the CPU has no native bf16 (slowly).
+    GPU with bf16 (fp16 mixed on older GPUs), and on a CPU :data:`CPU_AUTO_PRECISION`, or bf16 mixed
+    when the task was measured faster in it (``cpu_bf16_measured``) and the CPU has native bf16.
+    bf16 can be asked for on any CPU: oneDNN emulates it where the CPU has no native bf16 (slowly).
     """
     import torch
 
@@ -134,10 +137,12 @@ def choose_precision(requested: str, device: str = "auto") -> str:
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if cpu_bf16_measured:
+        from transferkit.core.inference import cpu_supports_bf16
+
+        if cpu_supports_bf16():
+            return "bf16-mixed"
     return PRECISIONS[CPU_AUTO_PRECISION]
-
-
-LOADER_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch (env TRANSFERKIT_LOADER_TIMEOUT)
 
 
 def default_workers(n_samples: int, in_memory: bool = False) -> int:
@@ -773,7 +778,7 @@ def make_trainer(
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy="ddp" if cfg.ddp else "auto",
-        precision=choose_precision(cfg.precision, cfg.device),
+        precision=choose_precision(cfg.precision, cfg.device, getattr(cfg, "CPU_BF16_MEASURED", False)),
         max_epochs=max_epochs if max_epochs is not None else cfg.epochs,
         logger=csv_logger(run_dir),
         callbacks=cbs,

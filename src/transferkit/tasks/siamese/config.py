@@ -10,7 +10,7 @@ BENCHMARKS.md ("Siamese one-shot learning"): trained on Omniglot's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from transferkit.core.config import doc
 from transferkit.core.engine import TrainConfig
@@ -23,6 +23,10 @@ DEFAULT_MARGINS = {"pair": 0.0, "contrastive": 0.5, "triplet": 0.2, "supcon": 0.
 @dataclass
 class SiameseConfig(TrainConfig):
     """Options of a Siamese (metric-learning) run."""
+
+    # --precision auto trains in bf16 on CPUs with native bf16: measured faster at equal one-shot accuracy
+    # (benchmarks/cpu_precision.py, BENCHMARKS.md "CPU training precision"); fp32 on other CPUs
+    CPU_BF16_MEASURED: ClassVar[bool] = True
 
     # TrainConfig's fields with this task's defaults (an epoch is --steps-per-epoch batches)
     epochs: int = doc("maximum number of epochs of --steps-per-epoch steps", 50)
