@@ -3,6 +3,7 @@ run-folder guard (issue 21: before, rank 1 stopped with "already holds files" an
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -34,13 +35,17 @@ def test_classify_finetune_under_ddp_two_cpu_processes(tmp_path, cli):
     data = make_class_folders(tmp_path / "data", n_per_class=8, size=24)
     run = tmp_path / "run"
     r = cli("classify", "fit", data, "--out", run, "--strategy", "finetune", "--device", "cpu", "--devices", "2", "--ddp",
-            "--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "--epochs", "1",
-            "--precision", "32", timeout=420)
+            "--backbone", "test_efficientnet", "--weights", "none", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "4", "--precision", "32", timeout=420)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "already holds files" not in r.stderr
     assert (run / "model" / "model.safetensors").is_file() and (run / "report.html").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["val_accuracy"] <= 1.0
+    # rank 0 logged and checkpointed real training steps: 19 training images sharded over 2 ranks, batches of 4
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    steps = [int(r["step"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("train_loss")]
+    assert steps and max(steps) >= 2
     # the run folder is still guarded for a second, non-resumed fit
     again = cli("classify", "fit", data, "--out", run, "--strategy", "finetune", "--device", "cpu", "--backbone",
                 "test_efficientnet", "--weights", "none", "--image-size", "32", "--epochs", "1")
