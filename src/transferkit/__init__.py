@@ -28,7 +28,7 @@ _API = {
     "TransferkitError": "transferkit.errors",
 }
 
-_TASKS = ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch", "detect")
+_TASKS = ("classify", "autoencoder", "novelty", "index", "siamese", "seq2seq", "arch", "detect", "caption", "gan")
 
 __all__ = sorted(_API) + list(_TASKS) + ["__version__"]
 
