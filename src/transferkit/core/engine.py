@@ -145,6 +145,9 @@ def choose_precision(requested: str, device: str = "auto", cpu_bf16_measured: bo
     return PRECISIONS[CPU_AUTO_PRECISION]
 
 
+LOADER_TIMEOUT = 600.0  # seconds a DataLoader worker may take for one batch (env TRANSFERKIT_LOADER_TIMEOUT)
+
+
 def default_workers(n_samples: int, in_memory: bool = False) -> int:
     """DataLoader workers: none for in-memory or tiny sets (start-up costs more), else up to 4."""
     if in_memory or n_samples < 256:
