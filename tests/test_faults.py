@@ -469,7 +469,8 @@ def test_dataloader_worker_killed_or_hanging_gives_one_line(tmp_path, how, monke
     with pytest.raises(TransferkitError, match="data-loading worker") as info:
         faults_tiny.train(tmp_path / "run", epochs=2, train_ds=ds, workers=1)
     assert "\n" not in str(info.value) and time.time() - t0 < 60
-    assert ("killed" in str(info.value)) if how == "kill" else ("timed out" in str(info.value))  # pid or "died"
+    assert ("killed" in str(info.value)) if how == "kill" else ("timed out" in str(info.value))
+    assert "worker 0 on item 40" in str(info.value)  # the item the worker was loading when it died or hung
 
 
 def test_out_of_memory_names_the_batch_size_and_the_flag(tmp_path):
@@ -528,3 +529,22 @@ def test_a_second_process_into_the_same_run_folder_is_refused(tmp_path, capsys):
         proc.wait()
     trainer, _ = faults_tiny.train(run, epochs=int(_ckpt(run / "checkpoints" / "last.ckpt")["epoch"]) + 2, resume=True)
     assert trainer.current_epoch >= 2  # the dead process's lock is gone
+
+
+def test_two_new_runs_started_in_the_same_instant_one_refuses(tmp_path, monkeypatch):
+    """Row: two processes writing one run folder, started together. The race is forced: a second run claims
+    the folder between the first's emptiness check and its claim; the first must then refuse."""
+    from transferkit.core import engine
+
+    run = tmp_path / "run"
+    real = engine.check_writable
+
+    def other_process_wins(path, what="--out"):
+        monkeypatch.setattr(engine, "check_writable", real)
+        engine.prepare_run_dir(run, resume=False)  # the other run passes every check and claims the folder
+        real(path, what)
+
+    monkeypatch.setattr(engine, "check_writable", other_process_wins)
+    with pytest.raises(TransferkitError, match="already holds files"):
+        engine.prepare_run_dir(run, resume=False)
+    assert sorted(p.name for p in run.iterdir()) == [engine.LOCK_FILE]  # the winner's claim, nothing else

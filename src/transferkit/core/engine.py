@@ -166,7 +166,14 @@ def make_loader(dataset: Any, batch_size: int, shuffle: bool, workers: int | Non
         kw["sampler"] = _epoch_shuffle()(len(dataset), seed)
         shuffle = False
     if n > 0:
-        kw.setdefault("worker_init_fn", _worker_init)
+        if "worker_init_fn" not in kw:
+            import functools
+            import multiprocessing
+
+            # one slot per worker: the index it is loading now (-1 between items), shared with this process so
+            # that a worker killed or stuck in an item can be named with that item (see loader_culprit)
+            slots = multiprocessing.Array("q", [-1] * n, lock=False)
+            kw["worker_init_fn"] = functools.partial(_worker_init, slots=slots)
         # a worker that hangs (a stuck network file system, a deadlock in a decoder) becomes an error, not a hang
         kw.setdefault("timeout", float(os.environ.get("TRANSFERKIT_LOADER_TIMEOUT", LOADER_TIMEOUT)))
     return torch.utils.data.DataLoader(
@@ -211,16 +218,70 @@ def _epoch_shuffle():
     return _EPOCH_SHUFFLE
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, slots: Any = None) -> None:
     """DataLoader workers ignore Ctrl-C (the terminal sends it to the whole process group): the main
-    process stops at the next batch boundary, and a worker that died on its own would hide that."""
+    process stops at the next batch boundary, and a worker that died on its own would hide that.
+    Each worker also notes in ``slots[worker_id]`` which item it is loading (see :func:`loader_culprit`)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if slots is not None:
+        _track_items(worker_id, slots)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):  # what Lightning adds when we give no worker_init_fn
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id)
+
+
+def _track_items(worker_id: int, slots: Any) -> None:
+    """In a DataLoader worker: make this worker's copy of the dataset write the index it is loading into
+    ``slots[worker_id]`` (-1 once the item is done). Only the worker's own copy changes class; the
+    dataset in the training process is untouched."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset if info is not None else None
+    base = type(ds)
+    if ds is None or not hasattr(base, "__getitem__"):
+        return
+
+    def getitem(self, i):
+        slots[worker_id] = int(i) if isinstance(i, int) else -1
+        item = base.__getitem__(self, i)
+        slots[worker_id] = -1
+        return item
+
+    def getitems(self, indices):  # torch's batched fetch (Subset has it): the batch's first item is named
+        slots[worker_id] = int(indices[0]) if len(indices) else -1
+        items = base.__getitems__(self, indices)
+        slots[worker_id] = -1
+        return items
+
+    methods = {"__getitem__": getitem}
+    if callable(getattr(base, "__getitems__", None)):
+        methods["__getitems__"] = getitems
+    try:
+        ds.__class__ = type(base.__name__, (base,), methods)
+    except TypeError:  # a class whose layout forbids it (C extension types): no naming, loading unchanged
+        pass
+
+
+def loader_culprit(loader: Any) -> str:
+    """Which item a failed DataLoader's workers were loading ("item 40 (cat_17.jpg)"), or "" when unknown."""
+    init = getattr(loader, "worker_init_fn", None)
+    slots = getattr(init, "keywords", {}).get("slots") if init is not None else None
+    if slots is None:
+        return ""
+    busy = [(w, int(i)) for w, i in enumerate(slots) if i >= 0]
+    if not busy:
+        return ""
+    ds = getattr(loader, "dataset", None)
+    names = next((getattr(ds, a) for a in ("paths", "files", "names") if isinstance(getattr(ds, a, None), (list, tuple))), None)
+    parts = []
+    for w, i in busy:
+        name = f" ({Path(str(names[i])).name})" if names is not None and 0 <= i < len(names) else ""
+        parts.append(f"worker {w} on item {i}{name}")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -245,6 +306,27 @@ def process_rank() -> int:
 def is_rank_zero() -> bool:
     """True in the process that owns the run folder (always, without DDP)."""
     return process_rank() == 0
+
+
+def launcher_layout() -> tuple[int, int] | None:
+    """(processes per machine, machines) when an outside launcher started this process as part of a
+    multi-process job, else None.
+
+    ``torchrun`` sets ``WORLD_SIZE``/``LOCAL_WORLD_SIZE`` (and ``TORCHELASTIC_RUN_ID``); SLURM's ``srun``
+    sets ``SLURM_STEP_NUM_TASKS``/``SLURM_STEP_NUM_NODES`` for the processes of its step (a batch script or
+    an interactive shell inside an allocation is not a launch: there only ``SLURM_NTASKS`` is set).
+    Lightning then reads ranks and the rendezvous from the same variables and spawns nothing itself, so
+    ``--devices``/``--num-nodes``/``--ddp`` need not be repeated (and cannot contradict the launcher).
+    """
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env and env.get("WORLD_SIZE", "").isdigit():
+        world = int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_WORLD_SIZE", world) or world)
+        return (local, max(1, world // max(1, local))) if world > 1 else None
+    if env.get("SLURM_STEP_NUM_TASKS", "").isdigit() and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        tasks, nodes = int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_STEP_NUM_NODES", "1") or 1)
+        return (max(1, tasks // max(1, nodes)), nodes) if tasks > 1 else None
+    return None
 
 
 def _wait_for_rank_zero(run_dir: Path, timeout_s: float = 600.0) -> None:
@@ -343,6 +425,13 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> Path:
     check_writable(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # claim the empty folder atomically: of two new runs started in the same instant, the second finds
+        # the lock file the first created and refuses, instead of both passing the emptiness check above
+        os.close(os.open(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise TransferkitError(
+            f"{run_dir} already holds files; use --resume to continue that run, or choose a new --out folder."
+        ) from None
     except OSError as err:
         raise TransferkitError(f"--out {run_dir} cannot be created: {err.strerror or err}.") from None
     return run_dir
@@ -772,15 +861,19 @@ def make_trainer(
         cbs.append(EpochLines(log_prefix))
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[cfg.device]
     devices: Any = cfg.devices if cfg.devices == "auto" else int(cfg.devices)
-    if accelerator == "cpu" and devices == "auto" and not cfg.ddp:
+    ddp, num_nodes = cfg.ddp, cfg.num_nodes
+    layout = launcher_layout()
+    if layout is not None:  # torchrun / srun started every process: the launcher's layout, never our own spawn
+        ddp, (devices, num_nodes) = True, layout
+    if accelerator == "cpu" and devices == "auto" and not ddp:
         devices = 1
-    if accelerator == "auto" and not cfg.ddp and devices == "auto":
+    if accelerator == "auto" and not ddp and devices == "auto":
         devices = 1  # one device unless DDP is asked for; Lightning would otherwise take all GPUs
     kwargs = dict(
         accelerator=accelerator,
         devices=devices,
-        num_nodes=cfg.num_nodes,
-        strategy="ddp" if cfg.ddp else "auto",
+        num_nodes=num_nodes,
+        strategy="ddp" if ddp else "auto",
         precision=choose_precision(cfg.precision, cfg.device, getattr(cfg, "CPU_BF16_MEASURED", False)),
         max_epochs=max_epochs if max_epochs is not None else cfg.epochs,
         logger=csv_logger(run_dir),
@@ -876,8 +969,13 @@ def _raise_fault(err: BaseException, signals: _Signals, trainer: Any, train_load
     workers = int(getattr(train_loader, "num_workers", 0) or 0)
     if (isinstance(err, RuntimeError) and "dataloader" in low and ("worker" in low or "timed out" in low)) or (
             workers > 0 and isinstance(err, (ConnectionError, EOFError))):  # a worker killed mid-transfer
-        if not isinstance(err, RuntimeError):
+        # torch words a dead worker three ways ("is killed by signal", "exited unexpectedly", or a broken
+        # pipe), depending on which of its checks sees the death first: one wording for the user.
+        if not isinstance(err, RuntimeError) or "exited unexpectedly" in low or "killed by signal" in low:
             msg = f"a worker process was killed or died ({msg})"
+        culprit = loader_culprit(train_loader)
+        if culprit:
+            msg = f"{msg}; it was loading: {culprit}"
         raise TransferkitError(f"A data-loading worker failed: {msg}; try --workers 0 to load in the main process "
                                f"and see which file fails.") from None
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -194,6 +194,31 @@ def extractor_key(model: Any, layer: str, extra: dict[str, Any] | None = None) -
     return model_key(model.architecture, weights_digest(model.module), model.config.get("preprocessing") or {}, layer, extra)
 
 
+RANK_ZERO_WAIT_S = 3600.0  # how long another DDP rank waits for rank 0's features (env TRANSFERKIT_RANK_WAIT)
+
+
+def _wait_for_rank_zero(store: FeatureCache, digests: list, found: dict, todo: list) -> tuple[dict, list]:
+    """Under DDP, ranks other than 0 let rank 0 extract and cache the features, then read them: one
+    extraction, no race between processes. (Lightning's own launcher starts ranks 1.. only once rank 0
+    is training, so they find a full cache at once; torchrun and srun start every rank together.)
+    Returns the updated ``(found, todo)``; on rank 0, or without a launcher, they are returned unchanged."""
+    import time
+
+    from transferkit.core.engine import is_rank_zero, launcher_layout
+
+    if is_rank_zero() or launcher_layout() is None:
+        return found, todo
+    deadline = time.monotonic() + float(os.environ.get("TRANSFERKIT_RANK_WAIT", RANK_ZERO_WAIT_S))
+    wanted = [digests[i] for i in todo]
+    while time.monotonic() < deadline:
+        got = store.get(wanted)
+        if len(got) == len(wanted):
+            found = {**found, **got}
+            return found, []
+        time.sleep(1.0)
+    return found, todo  # rank 0 never delivered (it failed, or does not cache these): compute them here
+
+
 def extract_cached(
     paths: Sequence[str | os.PathLike],
     model: Any,
@@ -248,6 +273,8 @@ def extract_cached(
         store = FeatureCache(key, root, meta={"architecture": model.architecture, "layer": layer, **(extra_key or {})})
         found = store.get([d for d in digests if d is not None])
     todo = [i for i, d in enumerate(digests) if d is not None and d not in found]
+    if todo and store is not None:
+        found, todo = _wait_for_rank_zero(store, digests, found, todo)
     computed: dict[int, np.ndarray] = {}
     if todo:
         if runner is None:
