@@ -158,7 +158,7 @@ class TransferModel:
             return transform
         from torchvision.transforms import v2
 
-        from transferkit.tasks.siamese.data import InkCrop
+        from transferkit.core.images import InkCrop
 
         return v2.Compose([InkCrop(), transform])
 

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from transferkit.core.images import INK_MARGIN, InkCrop, crop_to_ink  # noqa: F401  (re-exported: moved to core)
 from transferkit.errors import ImageReadError, TransferkitError
 
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
@@ -100,52 +101,6 @@ def _is_omniglot_folder(path: Path) -> bool:
         if not any(p.suffix.lower() == ".png" for p in kids[0].iterdir()):
             return False
     return True
-
-
-INK_MARGIN = 0.08  # blank border kept around the ink's bounding box, as a fraction of its longer side
-
-
-def crop_to_ink(img: np.ndarray, margin: float = INK_MARGIN) -> np.ndarray:
-    """The square around a drawing's ink, at full resolution: uint8 (H, W) -> (S, S).
-
-    The background is the median of the border pixels, ink is anything more
-    than 64 grey levels away from it. The square is centred on the ink's
-    bounding box, its side the box's longer side plus ``margin`` on each side
-    (the aspect ratio is kept), padded with background where it leaves the
-    image. Two drawings of one character by different people then fill the
-    frame alike: position and size, which say nothing about the character,
-    are gone, and the network sees the strokes at a higher resolution. An
-    image without ink is returned unchanged.
-    """
-    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
-    background = int(np.median(border))
-    ys, xs = np.nonzero(np.abs(img.astype(np.int16) - background) > 64)
-    if len(ys) == 0:
-        return img
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    side = int(round(max(y1 - y0, x1 - x0) * (1 + 2 * margin))) + 2
-    top = int(round((y0 + y1 - side) / 2))
-    left = int(round((x0 + x1 - side) / 2))
-    out = np.full((side, side), background, np.uint8)
-    h, w = img.shape
-    sy0, sy1, sx0, sx1 = max(0, top), min(h, top + side), max(0, left), min(w, left + side)
-    out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
-    return out
-
-
-class InkCrop:
-    """PIL image -> the square around its ink (:func:`crop_to_ink` of its grey version), as an RGB PIL image.
-
-    Put in front of a model's generic transform (``transferkit features
-    --model RUN``) for a Siamese model saved with ``--crop-ink``, so that it sees
-    drawings as it did in training.  A top-level class, so DataLoader workers can
-    pickle it.
-    """
-
-    def __call__(self, img: Any) -> Any:
-        from PIL import Image
-
-        return Image.fromarray(crop_to_ink(np.asarray(img.convert("L"), dtype=np.uint8))).convert("RGB")
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
