@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -374,25 +375,37 @@ def test_page_script_parses(client, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_page_round_trip_in_a_browser(models, tmp_path):
-    """A real browser (Playwright + Chromium) loads the page, gives the token, uploads an image, sees label bars."""
+@contextlib.contextmanager
+def _served(app):
+    """``app`` behind a real uvicorn server on a free loopback port, in a thread; yields the port."""
     import threading
 
     import uvicorn
 
-    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no system Chromium (chromium / chromium-browser) to drive")
     port = _free_port()
-    app = create_app(ServeSettings(models=[f"clf={models['clf']}"], token="tok"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         t0 = time.time()
         while not server.started and time.time() - t0 < 30:
+            assert thread.is_alive(), "the server thread died"
             time.sleep(0.05)
+        assert server.started, "the server did not start"
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_page_round_trip_in_a_browser(models, tmp_path):
+    """A real browser (Playwright + Chromium) loads the page, gives the token, uploads an image, sees label bars."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no system Chromium (chromium / chromium-browser) to drive")
+    app = create_app(ServeSettings(models=[f"clf={models['clf']}"], token="tok"))
+    with _served(app) as port:
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium)
             page = browser.new_page()
@@ -417,9 +430,6 @@ def test_page_round_trip_in_a_browser(models, tmp_path):
             browser.close()
         outside = [u for u in seen if not u.startswith((f"http://127.0.0.1:{port}/", "blob:", "data:"))]
         assert not outside, outside  # offline: nothing but this server
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 # --------------------------------------------------------------------------- safety
@@ -510,6 +520,56 @@ def test_a_model_that_does_not_answer_in_time_gives_503():
     with TestClient(create_app(ServeSettings(timeout_s=0.2), handlers={"slow": slow})) as c:
         r = c.post("/models/slow/predict", json={"text": "hi"})
         assert r.status_code == 503 and "did not answer" in r.json()["detail"]
+
+
+def test_a_dribbled_body_gets_408_within_the_timeout_and_others_are_served(models):
+    """Slowloris: headers, then the body one byte at a time, each byte well inside the timeout. The whole body has
+    --timeout seconds: the server answers 408 and closes that connection, and serves other clients meanwhile."""
+    import httpx
+    import select
+
+    timeout = 1.0
+    app = create_app(ServeSettings(models=[f"clf={models['clf']}"], timeout_s=timeout, max_batch=1))
+    with _served(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            sock.sendall(b"POST /models/clf/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"image\": \"")
+            t0 = time.perf_counter()
+            answer, others, sent, answered_at, closed = b"", [], 0, None, False
+            while time.perf_counter() - t0 < 10 * timeout:
+                if select.select([sock], [], [], 0.1)[0]:  # the server spoke (or closed)
+                    try:
+                        chunk = sock.recv(4096)
+                    except ConnectionResetError:  # a byte crossed the server's close
+                        chunk = b""
+                    answered_at = answered_at or time.perf_counter()
+                    if not chunk:
+                        closed = True
+                        break
+                    answer += chunk
+                    continue
+                if answer:
+                    continue
+                try:
+                    sock.sendall(b"A")  # one byte per 0.1 s: never quiet for the timeout, never done either
+                    sent += 1
+                except OSError:
+                    break
+                if sent in (3, 6):  # while the dribbler holds its connection, another client is served
+                    with httpx.Client(base_url=url, timeout=5) as c:
+                        others.append(c.get("/health").status_code)
+                        others.append(c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code)
+        finally:
+            sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 1 s" in answer and closed  # and that connection is closed
+        assert answered_at - t0 < timeout + 1.5, answered_at - t0  # the documented limit, plus slack for a busy machine
+        assert sent >= 5  # it did dribble past several would-be per-byte timeouts
+        assert others == [200, 200, 200, 200]
+        with httpx.Client(base_url=url, timeout=5) as c:  # and the server still serves afterwards
+            assert c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code == 200
 
 
 def test_bind_rules():

@@ -8,7 +8,8 @@ JSON ``{"image": BASE64}``, ``{"images": [...]}``, ``{"text": ...}``,
 Safety: with a token every route but ``/``, ``/health`` and the docs needs
 ``Authorization: Bearer TOKEN`` (compared in constant time); request bodies
 over the upload limit get 413 before they are read in full; a body that
-trickles in slower than the read timeout gets 408; every upload is decoded
+has not arrived in full within the timeout of the request's start gets 408
+(however it trickles in); every upload is decoded
 through :func:`transferkit.core.images.decode_image_bytes` (bad image, bomb:
 400 with one sentence); a request that waits longer than the request timeout
 for its model gets 503.  No route takes a server path: model names are keys of
@@ -48,7 +49,7 @@ class ServeSettings:
         max_wait_ms: how long a request waits for others to share its batch.
         token: required as ``Authorization: Bearer TOKEN`` when set.
         max_upload_mb: largest request body, in MB (413 beyond).
-        timeout_s: longest wait for a model's answer (503 beyond); also the body read timeout (408).
+        timeout_s: longest wait for a model's answer (503 beyond); also the longest time to send the body (408).
     """
 
     models: list[str] = field(default_factory=list)
@@ -103,7 +104,8 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or counted), 408 for stalled bodies."""
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or counted), 408 for a body that has not
+    arrived in full within ``read_timeout`` seconds of the request's start (however it trickles)."""
 
     def __init__(self, app: Any, limit: int, read_timeout: float):
         self.app, self.limit, self.read_timeout = app, limit, read_timeout
@@ -116,18 +118,28 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _plain(send, 413, f"The request body is over the {self.limit // (1024 * 1024)} MB upload limit.")
         seen = 0
-        started = False
+        started = body_done = False
+        loop = asyncio.get_running_loop()
+        # one deadline for the whole body, from the request's start: a client that dribbles a byte now and then
+        # (slowloris) must not hold the connection longer than one that sends nothing
+        deadline = loop.time() + self.read_timeout
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, body_done
+            if body_done:  # after the body only a disconnect can come: nothing to bound
+                return await receive()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _Stalled()
             try:
-                msg = await asyncio.wait_for(receive(), self.read_timeout)
+                msg = await asyncio.wait_for(receive(), left)
             except asyncio.TimeoutError:
                 raise _Stalled() from None
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
                     raise _TooLarge()
+                body_done = not msg.get("more_body", False)
             return msg
 
         async def tracking_send(msg):
