@@ -83,3 +83,36 @@ def test_core_never_imports_tasks():
         module = ".".join(("transferkit",) + (rel.parent.parts if is_package else rel.parts))
         bad += _task_imports(path.read_text(encoding="utf-8"), module, is_package)
     assert not bad, "core/ must not import from tasks/ (move the piece down into core/):\n" + "\n".join(bad)
+
+
+TASK_PACKAGES = ("autoencoder", "caption", "classify", "detect", "gan", "index", "novelty", "seq2seq", "siamese")
+
+
+def test_task_packages_export_lazily():
+    """Importing a task package loads none of its heavy modules; every name it exports resolves on use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        f"for p in {TASK_PACKAGES!r}:\n"
+        "    m = importlib.import_module('transferkit.tasks.' + p)\n"
+        "    assert 'torch' not in sys.modules, p\n"
+        "    loaded = [k for k in sys.modules if k.startswith(m.__name__ + '.')]\n"
+        "    assert not any(k.endswith(('.train', '.model', '.models')) for k in loaded), (p, loaded)\n"
+        f"for p in {TASK_PACKAGES!r}:\n"
+        "    m = sys.modules['transferkit.tasks.' + p]\n"
+        "    for name in m.__all__:\n"
+        "        assert getattr(m, name) is not None and name in dir(m), (p, name)\n"
+        "    try:\n"
+        "        m.no_such_name\n"
+        "    except AttributeError as err:\n"
+        "        assert 'no_such_name' in str(err)\n"
+        "    else:\n"
+        "        raise AssertionError(p)\n"
+        "from transferkit.tasks.detect import build_model\n"
+        "assert build_model.__name__ == 'build_network'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

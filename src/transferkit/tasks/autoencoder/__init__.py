@@ -13,44 +13,15 @@ Modules: ``models`` (networks), ``noise`` (corruptions), ``module``
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.autoencoder.config import KINDS, AEConfig, FinetuneConfig
 
-
-def build_model(config: dict[str, Any]):
-    """The untrained network of an autoencoder model directory (used by ``transferkit.load``)."""
-    from transferkit.tasks.autoencoder.train import build_network
-
-    return build_network(config)
-
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.autoencoder.train.fit`."""
-    from transferkit.tasks.autoencoder.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.autoencoder.train.evaluate`."""
-    from transferkit.tasks.autoencoder.train import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def decode(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.autoencoder.train.decode`."""
-    from transferkit.tasks.autoencoder.train import decode as _decode
-
-    return _decode(*args, **kwargs)
-
-
-def finetune(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.autoencoder.train.finetune`."""
-    from transferkit.tasks.autoencoder.train import finetune as _finetune
-
-    return _finetune(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "build_model": "train:build_network",
+    "fit": "train",
+    "evaluate": "train",
+    "decode": "train",
+    "finetune": "train",
+})
 
 __all__ = ["KINDS", "AEConfig", "FinetuneConfig", "build_model", "fit", "evaluate", "decode", "finetune"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from transferkit.core.lazy import lazy_exports
+
 __all__ = ["build_model", "fit", "evaluate", "predict", "Captioner", "CaptionConfig"]
 
 
@@ -37,11 +39,5 @@ def build_model(config: dict[str, Any]):
     return CaptionModel(encoder, decoder)
 
 
-def __getattr__(name: str):
-    import importlib
-
-    where = {"fit": "train", "CaptionConfig": "train", "evaluate": "captioner", "predict": "captioner",
-             "Captioner": "captioner"}
-    if name in where:
-        return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy_exports(__name__, {"fit": "train", "CaptionConfig": "train", "evaluate": "captioner",
+                                                  "predict": "captioner", "Captioner": "captioner"})

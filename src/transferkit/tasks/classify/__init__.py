@@ -13,30 +13,9 @@ schedules), ``features`` (the fixed-feature-extractor strategy), ``train``
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.classify.config import STRATEGIES, ClassifyConfig
 
-
-def build_model(config: dict[str, Any]):
-    """The untrained network of a classifier model directory (used by ``transferkit.load``)."""
-    from transferkit.tasks.classify.model import build_model as _build
-
-    return _build(config)
-
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.classify.train.fit`."""
-    from transferkit.tasks.classify.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.classify.evaluation.evaluate`."""
-    from transferkit.tasks.classify.evaluation import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {"build_model": "model", "fit": "train", "evaluate": "evaluation"})
 
 __all__ = ["STRATEGIES", "ClassifyConfig", "build_model", "fit", "evaluate"]

@@ -12,37 +12,14 @@ Modules: ``data`` (readers, augmentation), ``model`` (networks and losses), ``mo
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.detect.config import METHODS, DetectConfig
 
-
-def build_model(config: dict[str, Any]):
-    """The untrained network of a detector model directory (used by ``transferkit.load``)."""
-    from transferkit.tasks.detect.model import build_network
-
-    return build_network(config)
-
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.detect.train.fit`."""
-    from transferkit.tasks.detect.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.detect.train.evaluate`."""
-    from transferkit.tasks.detect.train import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def predict(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.detect.train.predict` (the serving contract: JSON-able dicts)."""
-    from transferkit.tasks.detect.train import predict as _predict
-
-    return _predict(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "build_model": "model:build_network",
+    "fit": "train",
+    "evaluate": "train",
+    "predict": "train",
+})
 
 __all__ = ["METHODS", "DetectConfig", "build_model", "fit", "evaluate", "predict"]

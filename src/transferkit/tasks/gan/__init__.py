@@ -14,51 +14,16 @@ Modules: ``models`` (networks, with tensor shapes), ``module`` (LightningModules
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.gan.config import KINDS, GANConfig
 
-
-def build_model(config: dict[str, Any]):
-    """The untrained generator of a GAN model directory (used by ``transferkit.load``)."""
-    from transferkit.tasks.gan.models import build_generator
-
-    return build_generator(config)
-
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.gan.train.fit`."""
-    from transferkit.tasks.gan.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.gan.train.evaluate`."""
-    from transferkit.tasks.gan.train import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def sample(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.gan.train.sample`."""
-    from transferkit.tasks.gan.train import sample as _sample
-
-    return _sample(*args, **kwargs)
-
-
-def translate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.gan.train.translate`."""
-    from transferkit.tasks.gan.train import translate as _translate
-
-    return _translate(*args, **kwargs)
-
-
-def predict(*args: Any, **kwargs: Any):
-    """The serving contract: see :func:`transferkit.tasks.gan.train.predict`."""
-    from transferkit.tasks.gan.train import predict as _predict
-
-    return _predict(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "build_model": "models:build_generator",
+    "fit": "train",
+    "evaluate": "train",
+    "sample": "train",
+    "translate": "train",
+    "predict": "train",
+})
 
 __all__ = ["KINDS", "GANConfig", "build_model", "fit", "evaluate", "sample", "translate", "predict"]

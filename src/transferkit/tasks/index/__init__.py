@@ -11,30 +11,9 @@ The index stores embeddings, not a model: it has no ``build_model``.
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.index.store import ANN_THRESHOLD, ExactBackend, FaissBackend, Index, choose_backend
 
-
-def build(*args: Any, **kwargs: Any) -> Index:
-    """See :func:`transferkit.tasks.index.ops.build`."""
-    from transferkit.tasks.index.ops import build as _build
-
-    return _build(*args, **kwargs)
-
-
-def search(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """See :func:`transferkit.tasks.index.ops.search`."""
-    from transferkit.tasks.index.ops import search as _search
-
-    return _search(*args, **kwargs)
-
-
-def duplicates(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """See :func:`transferkit.tasks.index.ops.duplicates`."""
-    from transferkit.tasks.index.ops import duplicates as _duplicates
-
-    return _duplicates(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {"build": "ops", "search": "ops", "duplicates": "ops"})
 
 __all__ = ["ANN_THRESHOLD", "ExactBackend", "FaissBackend", "Index", "build", "choose_backend", "duplicates", "search"]

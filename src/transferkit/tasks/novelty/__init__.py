@@ -12,30 +12,9 @@ this package saves no model directory of its own and has no ``build_model``.
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.novelty.config import NoveltyConfig
 
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.novelty.detector.fit`."""
-    from transferkit.tasks.novelty.detector import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def score(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.novelty.detector.score`."""
-    from transferkit.tasks.novelty.detector import score as _score
-
-    return _score(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.novelty.detector.evaluate`."""
-    from transferkit.tasks.novelty.detector import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {"fit": "detector", "score": "detector", "evaluate": "detector"})
 
 __all__ = ["NoveltyConfig", "evaluate", "fit", "score"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from transferkit.core.lazy import lazy_exports
+
 __all__ = ["build_model", "fit", "evaluate", "Translator", "Seq2seqConfig"]
 
 
@@ -34,10 +36,5 @@ def build_model(config: dict[str, Any]):
     return Seq2Seq(n_src, n_tgt, **net)
 
 
-def __getattr__(name: str):
-    import importlib
-
-    where = {"fit": "train", "Seq2seqConfig": "train", "evaluate": "translator", "Translator": "translator"}
-    if name in where:
-        return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy_exports(__name__, {"fit": "train", "Seq2seqConfig": "train", "evaluate": "translator",
+                                                  "Translator": "translator"})

@@ -19,51 +19,16 @@ features), ``thresholds``
 
 from __future__ import annotations
 
-from typing import Any
-
+from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.siamese.config import LOSSES, SiameseConfig
 
-
-def build_model(config: dict[str, Any]):
-    """The untrained network of a siamese model directory (used by ``transferkit.load``)."""
-    from transferkit.tasks.siamese.model import build_model as _build
-
-    return _build(config)
-
-
-def fit(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.siamese.train.fit`."""
-    from transferkit.tasks.siamese.train import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.siamese.oneshot.evaluate`."""
-    from transferkit.tasks.siamese.oneshot import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def evaluate_runs(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.siamese.oneshot.evaluate_runs`."""
-    from transferkit.tasks.siamese.oneshot import evaluate_runs as _runs
-
-    return _runs(*args, **kwargs)
-
-
-def calibrate(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.siamese.oneshot.calibrate`."""
-    from transferkit.tasks.siamese.oneshot import calibrate as _calibrate
-
-    return _calibrate(*args, **kwargs)
-
-
-def verify(*args: Any, **kwargs: Any):
-    """See :func:`transferkit.tasks.siamese.oneshot.verify`."""
-    from transferkit.tasks.siamese.oneshot import verify as _verify
-
-    return _verify(*args, **kwargs)
-
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "build_model": "model",
+    "fit": "train",
+    "evaluate": "oneshot",
+    "evaluate_runs": "oneshot",
+    "calibrate": "oneshot",
+    "verify": "oneshot",
+})
 
 __all__ = ["LOSSES", "SiameseConfig", "build_model", "calibrate", "evaluate", "evaluate_runs", "fit", "verify"]
