@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -130,6 +130,24 @@ def _read_rgb(path: Path, skips) -> np.ndarray | None:
         return None
 
 
+def _sample(items: list, max_images: int | None, seed: int) -> list:
+    """``items``, or a seeded random ``max_images`` of them in their order when there are more."""
+    if max_images is not None and len(items) > max_images:
+        rng = np.random.default_rng(seed)
+        items = [items[i] for i in sorted(rng.choice(len(items), max_images, replace=False))]
+    return items
+
+
+def _readable_sample(root: Path, max_images: int | None, seed: int, skips) -> Iterator[tuple[Path, np.ndarray]]:
+    """(path, RGB uint8 array) of the images under ``root`` (a :func:`_sample` of them), unreadable ones sent to ``skips``."""
+    from transferkit.core.images import list_images
+
+    for p in _sample(list_images([root]), max_images, seed):
+        img = _read_rgb(p, skips)
+        if img is not None:
+            yield p, img
+
+
 def _square(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
@@ -164,14 +182,7 @@ def read_pairs(data: str | os.PathLike, size: int, edges: bool = False, directio
     skips = SkipLog()
     a_list, b_list, names = [], [], []
     if edges:
-        paths = list_images([root])
-        if max_images is not None and len(paths) > max_images:
-            rng = np.random.default_rng(seed)
-            paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-        for p in paths:
-            img = _read_rgb(p, skips)
-            if img is None:
-                continue
+        for p, img in _readable_sample(root, max_images, seed, skips):
             photo = _square(img, size)
             a_list.append(canny_edges(photo))
             b_list.append(photo)
@@ -187,10 +198,7 @@ def read_pairs(data: str | os.PathLike, size: int, edges: bool = False, directio
         lonely = len(a_files) + len(b_files) - 2 * len(common)
         if lonely:
             print(f"warning: {lonely} file(s) in {root}/A or {root}/B have no partner and are ignored", file=sys.stderr)
-        if max_images is not None and len(common) > max_images:
-            rng = np.random.default_rng(seed)
-            common = [common[i] for i in sorted(rng.choice(len(common), max_images, replace=False))]
-        for key in common:
+        for key in _sample(common, max_images, seed):
             ia, ib = _read_rgb(a_files[key], skips), _read_rgb(b_files[key], skips)
             if ia is None or ib is None:
                 continue
@@ -199,14 +207,7 @@ def read_pairs(data: str | os.PathLike, size: int, edges: bool = False, directio
             names.append(key)
         layout = "A/B folders"
     else:
-        paths = list_images([root])
-        if max_images is not None and len(paths) > max_images:
-            rng = np.random.default_rng(seed)
-            paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-        for p in paths:
-            img = _read_rgb(p, skips)
-            if img is None:
-                continue
+        for p, img in _readable_sample(root, max_images, seed, skips):
             if img.shape[1] < 1.5 * img.shape[0]:
                 raise TransferkitError(
                     f"{p} is not a side-by-side A|B image (it is {img.shape[1]}x{img.shape[0]}, not about twice as wide "
