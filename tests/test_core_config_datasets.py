@@ -263,3 +263,24 @@ def test_report_is_self_contained(tmp_path):
     for name in ("curves.png", "grid.png", "cm.png"):
         assert (tmp_path / name).is_file() and f"data-file='{name}'" in page
     assert "0.9123" in page
+
+
+def test_require_names_the_first_bad_flag_and_skips_unset_ones():
+    from dataclasses import dataclass
+    from typing import Optional
+
+    from transferkit.core.config import require
+
+    @dataclass
+    class Cfg:
+        epochs: int = 3
+        batch_size: int = 0
+        threads: Optional[int] = None
+
+    cfg = Cfg()
+    require(cfg, "threads", lambda v: v >= 1, "be at least 1")  # unset: nothing to check
+    require(cfg, "epochs", lambda v: v >= 1, "be at least 1")
+    with pytest.raises(TransferkitError, match=r"^--batch-size must be at least 1\.$"):
+        require(cfg, ("epochs", "batch_size", "threads"), lambda v: v >= 1, "be at least 1")
+    with pytest.raises(TransferkitError, match=r"^--batch-size must be positive \(got 0\)\.$"):
+        require(cfg, "batch_size", lambda v: v > 0, "be positive", got=True)

@@ -94,6 +94,22 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def require(cfg: Any, names: str | tuple[str, ...], ok: typing.Callable[[Any], bool], must: str,
+            got: bool = False) -> None:
+    """One rule of a config's ``validate()``: each field in ``names`` that is set (not None) must pass ``ok``.
+
+    The first that does not raises ``TransferkitError("--NAME must MUST.")``, with `` (got VALUE)`` before
+    the full stop when ``got``::
+
+        require(self, ("epochs", "batch_size"), lambda v: v >= 1, "be at least 1")
+        require(self, "val_fraction", lambda v: 0 <= v < 1, "be in [0, 1)", got=True)
+    """
+    for name in (names,) if isinstance(names, str) else names:
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise TransferkitError(f"{flag(name)} must {must}" + (f" (got {value})." if got else "."))
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     """Add one flag per dataclass field (defaults shown in help; unset flags stay unset).
 

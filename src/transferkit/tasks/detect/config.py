@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from transferkit.core.config import doc
+from transferkit.core.config import doc, require
 from transferkit.core.engine import TrainConfig
-from transferkit.errors import TransferkitError
 
 METHODS = ("yolo", "rcnn", "localize")
 
@@ -56,13 +55,9 @@ class DetectConfig(TrainConfig):
     svm_c: float = doc("rcnn: inverse regularisation strength of the per-class linear classifiers", 0.1)
 
     def validate(self) -> None:
-        if self.image_size < 32 or self.image_size % 32:
-            raise TransferkitError(f"--image-size must be a multiple of 32, at least 32 (got {self.image_size}).")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise TransferkitError(f"--val-fraction must be in [0, 1) (got {self.val_fraction}).")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TransferkitError("--epochs and --batch-size must be at least 1.")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise TransferkitError(f"--time-budget must be a positive number of minutes (got {self.time_budget}).")
-        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
-            raise TransferkitError("--conf must be in [0, 1] and --iou in (0, 1].")
+        require(self, "image_size", lambda v: v >= 32 and v % 32 == 0, "be a multiple of 32, at least 32", got=True)
+        require(self, "val_fraction", lambda v: 0.0 <= v < 1.0, "be in [0, 1)", got=True)
+        require(self, ("epochs", "batch_size"), lambda v: v >= 1, "be at least 1")
+        require(self, "time_budget", lambda v: v > 0, "be a positive number of minutes", got=True)
+        require(self, "conf", lambda v: 0.0 <= v <= 1.0, "be in [0, 1]")
+        require(self, "iou", lambda v: 0.0 < v <= 1.0, "be in (0, 1]")
