@@ -640,3 +640,66 @@ def test_cli_serves_on_all_interfaces_with_token(models):
         assert "access-control-allow-origin" not in r.headers  # CORS off
     finally:
         _stop(proc)
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids of ``pid``'s direct children (Linux /proc)."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts worker processes through Linux /proc")
+def test_cli_serves_with_two_workers_and_stops_cleanly(models):
+    """``--workers 2``: two server processes under a supervisor share the port and answer; SIGTERM stops them all
+    (exit 0, no traceback, no worker left behind, the port closed)."""
+    import httpx
+
+    port = _free_port()
+    proc = _start_server(["serve", f"clf={models['clf']}", "--port", str(port), "--workers", "2", "--max-batch", "4",
+                          "--engine", "eager"])  # eager: no ONNX export in each process; the workers are the point
+    workers: set[int] = set()
+    try:
+        assert _wait_up(proc, port)["models"] == 1
+        t0 = time.time()
+        while time.time() - t0 < 60:  # the supervisor's children that serve (multiprocessing may add a helper)
+            workers = {c for c in _children(proc.pid) if _alive(c)}
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, workers
+        url = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(4) as pool:
+            rs = list(pool.map(lambda i: httpx.post(f"{url}/models/clf/predict", files={"file": (f"{i}.png", png())},
+                                                    timeout=60), range(8)))
+        assert [r.status_code for r in rs] == [200] * 8, [r.text for r in rs]
+        assert all(r.json()[0]["top"][0]["label"] in CLASSES for r in rs)
+        assert httpx.get(f"{url}/health", timeout=5).json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"--workers 2 did not stop within 30 s of SIGTERM: {out[-2000:]}")
+    assert proc.returncode == 0, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    t0 = time.time()
+    while any(_alive(w) for w in workers) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "worker processes outlived the server"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
