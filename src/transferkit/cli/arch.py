@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 70
 
 NAME_RULE = (
@@ -120,6 +122,8 @@ def run_compare(args: argparse.Namespace) -> int:
         args.config = str(Path(args.out) / "config.yaml")
     cfg = resolve(CompareConfig, args, names=tuple(args.names))
     summary = compare(cfg, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     if args.json:
         slim = [{k: v for k, v in r.items() if k not in ("curves", "grad_layers")} for r in summary["networks"]]
         print(json.dumps({**summary, "networks": slim}))

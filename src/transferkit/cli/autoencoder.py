@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 40
 
 DATA_HELP = "'digits' (embedded 8x8 digits), an MNIST IDX folder, or an image folder (class subfolders become labels)"
@@ -83,6 +85,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
     cfg = resolve(AEConfig, args)
     run = fit(cfg, args.data, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     res = json.loads((run / "metrics.json").read_text())
     line = f"held-out MSE {res['mse']:.5f} (PSNR {res['psnr']:.2f} dB)" if res["split"] == "held-out" else \
         f"training MSE {res['mse']:.5f}"
@@ -131,6 +135,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     cfg = resolve(FinetuneConfig, args)
     out = finetune(args.run, args.data, args.out, cfg)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     res = json.loads((out / "metrics.json").read_text())
     if args.json:
         print(json.dumps(res))

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 62
 
 DATA_HELP = ("an image folder with captions.txt (CSV image,caption; several rows per image), a COCO captions_*.json "
@@ -109,6 +111,8 @@ def run_fit(args: argparse.Namespace) -> int:
         args.config = str(saved)  # resume with the run's own settings unless told otherwise
     cfg = resolve(CaptionConfig, args)
     r = fit(cfg, args.data, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     if args.json:
         print(json.dumps(r))
     else:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 20
 
 
@@ -79,6 +81,8 @@ def run_fit(args: argparse.Namespace) -> int:
             args.config = str(saved)  # the interrupted run's settings; flags typed now still override them
     cfg = C.resolve(ClassifyConfig, args)
     fit(cfg, args.data, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     return 0
 
 

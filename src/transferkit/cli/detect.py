@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 25
 
 DATA_HELP = ("Pascal VOC (images/ + annotations/*.xml), YOLO txt (images/ + labels/*.txt + classes.txt), "
@@ -88,6 +90,8 @@ def run_fit(args: argparse.Namespace) -> int:
         args.config = str(Path(args.out) / "config.yaml")
     cfg = resolve(DetectConfig, args)
     run = fit(cfg, args.data, args.out, annotations=args.annotations, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     res = json.loads((run / "metrics.json").read_text())
     if "map50" in res:
         print(f"held-out mAP@0.5 {res['map50']:.3f}, mAP@[.5:.95] {res['map']:.3f} on {res['n_images']} images "

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 45
 
 DATA_HELP = ("dcgan: an image folder (class subfolders give --conditional its labels), an MNIST IDX folder or an "
@@ -96,6 +98,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
     cfg = resolve(GANConfig, args)
     run = fit(cfg, args.data, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     res = json.loads((run / "metrics.json").read_text())
     if args.json:
         print(json.dumps(res))

@@ -15,6 +15,8 @@ import importlib
 import os
 import pkgutil
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def command_modules() -> list:
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     from transferkit.errors import RunInterrupted, TransferkitError
 
+    _quiet_other_ranks()
     try:
         out = getattr(args, "out", None)
         if isinstance(out, str) and out and not getattr(args, "resume", False):
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 else "run the command again to start over")
         print(err.describe(hint), file=sys.stderr)
         return err.exit_status
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # outside training (training's own Ctrl-C is RunInterrupted above)
+        print(_interrupted_line(args), file=sys.stderr)
         return 130
     except OSError as err:
         import errno
@@ -103,6 +106,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as err:  # a bug: say so in one line, traceback only on request
         return _internal(err)
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """What a Ctrl-C before the first checkpoint leaves: a run folder that a plain rerun would refuse."""
+    out = getattr(args, "out", None)
+    if (isinstance(out, str) and (Path(out) / "config.yaml").is_file()
+            and not (Path(out) / "checkpoints" / "last.ckpt").is_file() and not (Path(out) / "model").exists()):
+        return (f"interrupted (Ctrl-C) before the first checkpoint; {out} holds only this run's start: remove it "
+                f"(or choose another --out) and run the command again")
+    return "interrupted (Ctrl-C); nothing was finished: run the command again to start over"
+
+
+class _ErrorsOnly:
+    """A stderr for DDP ranks other than 0: only ``error:`` and ``internal error`` lines get through,
+    prefixed with the rank (rank 0 prints progress, results and the report line for the whole job)."""
+
+    def __init__(self, stream: Any, rank: int):
+        self.stream, self.rank, self.buf = stream, rank, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.startswith(("error:", "internal error")):
+                self.stream.write(f"rank {self.rank}: {line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _quiet_other_ranks() -> None:
+    """Under DDP every rank runs this same command; only rank 0 talks to the user."""
+    from transferkit.core.engine import process_rank
+
+    rank = process_rank()
+    if rank == 0:
+        return
+    os.environ["TRANSFERKIT_PROGRESS"] = "off"
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    if not os.environ.get("TRANSFERKIT_DEBUG"):  # debugging: every rank's full output and tracebacks
+        sys.stderr = _ErrorsOnly(sys.stderr, rank)
 
 
 def _internal(err: Exception) -> int:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 41
 
 
@@ -69,6 +71,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
     cfg = resolve(NoveltyConfig, args)
     run = fit(cfg, args.data, args.out)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     state = json.loads((run / "novelty.json").read_text())
     print(f"threshold {state['threshold']:.6g} ({cfg.percentile:g}th percentile of {state['n_calibration']} held-out "
           f"normal images; {state['calibration']['flagged']:.1%} of them flagged)")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from transferkit.core.engine import is_rank_zero
+
 ORDER = 40
 
 
@@ -146,6 +148,8 @@ def run_fit(args: argparse.Namespace) -> int:
             args.config = str(saved)
     cfg = C.resolve(SiameseConfig, args)
     run = fit(cfg, args.data, args.out, resume=args.resume)
+    if not is_rank_zero():
+        return 0  # DDP: another rank trained alongside; rank 0 reports
     print(run)
     return 0
 

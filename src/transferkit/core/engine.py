@@ -825,9 +825,13 @@ def make_trainer(
     callbacks: Iterable[Any] = (),
     max_epochs: int | None = None,
     log_prefix: str = "",
+    partial_backward: bool = False,
     **trainer_kwargs: Any,
 ):
-    """The Lightning Trainer every task uses (see the module docstring for what it brings)."""
+    """The Lightning Trainer every task uses (see the module docstring for what it brings).
+
+    ``partial_backward``: each backward pass reaches only part of the module's parameters (a GAN's two
+    optimisers, stepped in turn): under DDP the gradient reducer must then look for unused parameters."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
@@ -873,7 +877,7 @@ def make_trainer(
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        strategy="ddp" if ddp else "auto",
+        strategy=("ddp_find_unused_parameters_true" if partial_backward else "ddp") if ddp else "auto",
         precision=choose_precision(cfg.precision, cfg.device, getattr(cfg, "CPU_BF16_MEASURED", False)),
         max_epochs=max_epochs if max_epochs is not None else cfg.epochs,
         logger=csv_logger(run_dir),

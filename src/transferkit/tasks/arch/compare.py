@@ -247,8 +247,8 @@ def _module_class():
             loss = F.cross_entropy(logits.float(), y)
             acc = (logits.argmax(1) == y).float().mean()
             # epoch means (training: over the epoch's batches, as the network changes)
-            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-            self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+            self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
             return loss
 
         def training_step(self, batch, batch_idx):
@@ -460,7 +460,8 @@ def compare(cfg: CompareConfig, out: str | os.PathLike, resume: bool = False) ->
             raise TransferkitError(f"Nothing to resume in {out}: no config.yaml of an `arch compare` run.")
     else:
         engine.prepare_run_dir(out, resume=False)
-    configmod.save(cfg, out / "config.yaml")
+    if engine.is_rank_zero():  # DDP: rank 0 writes the run folder
+        configmod.save(cfg, out / "config.yaml")
     data = load_data(cfg)
     specs = plan(cfg, data.shape)
     del specs_check

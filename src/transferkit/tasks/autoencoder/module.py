@@ -76,9 +76,9 @@ class AutoencoderModule(pl.LightningModule):
             else:
                 penalty = z.abs().mean()
             loss = mse + self.obj["penalty"] * penalty
-            self.log(f"{stage}_sparsity", penalty, on_step=False, on_epoch=True)
-        self.log(f"{stage}_mse", mse, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}_sparsity", penalty, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}_mse", mse, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -119,7 +119,7 @@ class GreedyLayerModule(pl.LightningModule):
         code = self.net.encoder.layer(self.k, h)
         rec = self.net.decoder.layer(self.k, code)
         loss = F.mse_loss(rec, h)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -153,8 +153,8 @@ class ClassifierModule(pl.LightningModule):
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -179,6 +179,7 @@ def greedy_pretrain(net, cfg: AEConfig, run_dir: Path, x_train, x_val, resume: b
     """
     from safetensors.torch import load_file
 
+    from transferkit.core import engine
     from transferkit.core.engine import metrics_by_epoch
     from transferkit.core.modeldir import atomic_write_text, save_tensors
     from transferkit.tasks.autoencoder.module import GreedyLayerModule
@@ -200,7 +201,8 @@ def greedy_pretrain(net, cfg: AEConfig, run_dir: Path, x_train, x_val, resume: b
             _train_stage(module, cfg, stage_dir, epochs, _loader(x_train, cfg.batch_size, True, cfg.seed + k),
                          None if x_val is None else _loader(x_val, 1024, False, 0), resume,
                          prefix=f"layer {k + 1}: ")
-            save_tensors(net.state_dict(), done)
+            if engine.is_rank_zero():
+                save_tensors(net.state_dict(), done)
         for p in net.parameters():
             p.requires_grad_(True)
         m = metrics_by_epoch(stage_dir)
@@ -211,7 +213,8 @@ def greedy_pretrain(net, cfg: AEConfig, run_dir: Path, x_train, x_val, resume: b
         })
         if on_stage_end is not None:
             on_stage_end(k, net)
-    atomic_write_text(layers_dir / "greedy.json", json.dumps(records, indent=2))
+    if engine.is_rank_zero():
+        atomic_write_text(layers_dir / "greedy.json", json.dumps(records, indent=2))
     return records
 
 
@@ -259,8 +262,9 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
     if len(rows.train) < 2:
         raise TransferkitError(f"{source} leaves {len(rows.train)} training image(s) after the split; give more images.")
     split = rows
-    cfgmod.save(cfg, run_dir / "config.yaml")
-    save_split(split, run_dir, source)
+    if engine.is_rank_zero():  # DDP: the other ranks compute the same seeded split and write nothing
+        cfgmod.save(cfg, run_dir / "config.yaml")
+        save_split(split, run_dir, source)
     x = to_float(arrays.images)  # (N, C, H, W) in [0, 1]
     x_train = x[split.train]
     x_val = x[split.held_out] if split.held_out else None
@@ -284,6 +288,8 @@ def fit(cfg: AEConfig, data: str | os.PathLike | ArrayData, out: str | os.PathLi
         module = AutoencoderModule(net, objective, lr)
         _train_stage(module, cfg, run_dir, epochs, _loader(x_train, cfg.batch_size, True, cfg.seed),
                      None if x_val is None else _loader(x_val, 1024, False, 0), resume)
+    if not engine.is_rank_zero():
+        return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     net.eval()
     mconf["training"] = {"kind": cfg.kind, "epochs": epochs, "n_train": len(x_train),
                          "n_held_out": 0 if x_val is None else len(x_val), "seed": cfg.seed}
@@ -534,7 +540,8 @@ def finetune(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, ou
     if cfg.num_labelled is not None and cfg.num_labelled < len(pool):
         pool_arr = np.asarray(pool)
         pool = pool_arr[_stratified_subset(arrays.labels[pool_arr], cfg.num_labelled, cfg.seed)].tolist()
-    cfgmod.save(cfg, out / "config.yaml")
+    if engine.is_rank_zero():  # DDP: rank 0 writes the run folder
+        cfgmod.save(cfg, out / "config.yaml")
     classes = list(arrays.classes)
     n_classes = max(len(classes), int(arrays.labels.max()) + 1)
     x = to_float(arrays.images)
@@ -571,6 +578,8 @@ def finetune(run_dir: str | os.PathLike, data: str | os.PathLike | ArrayData, ou
         print(f"step 5: everything unfrozen, lr {cfg.finetune_lr:g}, {cfg.epochs} epochs", file=sys.stderr, flush=True)
         module = ClassifierModule(net, cfg.finetune_lr, freeze_encoder=False)
         _train_stage(module, cfg, out, cfg.epochs, train_loader, test_loader, False, prefix="finetune: ", monitor=None)
+    if not engine.is_rank_zero():
+        return out  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     results["accuracy"], pred = accuracy()
     for p in net.parameters():
         p.requires_grad_(True)

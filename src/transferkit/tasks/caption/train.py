@@ -183,7 +183,7 @@ def _module_class():
 
         def training_step(self, batch, batch_idx):
             loss = self._loss(batch, "train")
-            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["tgt_in"].size(0))
+            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["tgt_in"].size(0), sync_dist=True)
             return loss
 
         def on_train_epoch_start(self):
@@ -191,7 +191,7 @@ def _module_class():
 
         def validation_step(self, batch, batch_idx):
             loss = self._loss(batch, "val")
-            self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch["tgt_in"].size(0))
+            self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch["tgt_in"].size(0), sync_dist=True)
 
         def on_validation_epoch_end(self):
             from transferkit.tasks.caption.data import clean_caption
@@ -209,9 +209,9 @@ def _module_class():
                 dec = greedy(self.model.decoder, (feats,), self.cfg.max_words + 2)
                 hyps += [self.vocab.decode(ids) for ids in dec.tokens.tolist()]
             refs = [[clean_caption(r) for r in rs] for rs in self.val_refs[:n]]
-            self.log("val_bleu4", bleu(hyps, refs)["bleu4"])
-            self.log("val_cider", cider_d(hyps, refs))
-            self.log("val_unique", len(set(hyps)) / len(hyps))
+            self.log("val_bleu4", bleu(hyps, refs)["bleu4"], sync_dist=True)
+            self.log("val_cider", cider_d(hyps, refs), sync_dist=True)
+            self.log("val_unique", len(set(hyps)) / len(hyps), sync_dist=True)
 
         def configure_optimizers(self):
             if self.finetune:
@@ -288,9 +288,10 @@ def fit(cfg: CaptionConfig, data: str | Path, run_dir: str | Path, resume: bool 
          f"{vocab.unknown_rate(val_texts):.1%})")
     if len(vocab) <= 4:
         raise TransferkitError(f"No word occurs {cfg.min_count} times in the training captions; lower --min-count.")
-    cfgmod.save(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / HELDOUT_FILE, "".join(
-        json.dumps({"image": str(p), "captions": caps}, ensure_ascii=False) + "\n" for p, caps in zip(val.images, val.captions)))
+    if engine.is_rank_zero():  # DDP: the other ranks build the same seeded split and vocabulary, and write nothing
+        cfgmod.save(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / HELDOUT_FILE, "".join(json.dumps({"image": str(p), "captions": caps}, ensure_ascii=False)
+                                                          + "\n" for p, caps in zip(val.images, val.captions)))
 
     # ---- encoder features (cached) or images (fine-tuning)
     skips = SkipLog()
@@ -367,6 +368,8 @@ def fit(cfg: CaptionConfig, data: str | Path, run_dir: str | Path, resume: bool 
         extra["max_time"] = {"seconds": int(train_s)}
     trainer = engine.make_trainer(cfg, run_dir, monitor="val_loss", mode="min", **extra)
     engine.fit(trainer, module, train_loader, val_loader, run_dir=run_dir, resume=resume)
+    if not engine.is_rank_zero():
+        return {}  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     best_path = engine.restore_best(trainer, module)
     history = engine.metrics_by_epoch(run_dir)
     loss_hist = history.get("val_loss", [])

@@ -118,7 +118,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         k = self.apply_freezing(self.current_epoch)
-        self.log("frozen_stages", float(k), on_step=False, on_epoch=True)
+        self.log("frozen_stages", float(k), on_step=False, on_epoch=True, sync_dist=True)
 
     # ---------------------------------------------------------------- steps
 
@@ -140,8 +140,8 @@ class ClassifierModule(pl.LightningModule):
         loss = self._loss(logits, y, self.cfg.label_smoothing)
         acc = (logits.argmax(1) == y).float().mean()
         n = len(y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         opt = self.optimizers()
         groups = opt.param_groups if hasattr(opt, "param_groups") else opt.optimizer.param_groups
         self.log("lr_head", groups[-1]["lr"], on_step=True, on_epoch=False)
@@ -152,8 +152,8 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self.net(self._prep(x))
         n = len(y)
-        self.log("val_loss", self._loss(logits, y, 0.0), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val_loss", self._loss(logits, y, 0.0), on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val_acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
 
     # ---------------------------------------------------------------- optimiser
 

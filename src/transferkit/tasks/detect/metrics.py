@@ -21,8 +21,10 @@ def mean_average_precision(preds: Sequence[dict], truths: Sequence[dict], class_
     """torchmetrics' COCO-exact mAP; returns floats (and per-class lists when asked)."""
     from torchmetrics.detection import MeanAveragePrecision
 
+    # sync_on_compute=False: the lists given are the whole evaluation (under DDP a process scores its own
+    # share, or rank 0 alone scores the held-out set after training, when the other ranks have left)
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=class_metrics, backend="pycocotools",
-                                  max_detection_thresholds=[1, 10, 100])
+                                  max_detection_thresholds=[1, 10, 100], sync_on_compute=False)
     metric.update([{k: v.detach().float().cpu() if k != "labels" else v.cpu().long() for k, v in p.items()} for p in preds],
                   [{"boxes": t["boxes"].float().cpu(), "labels": t["labels"].cpu().long()} for t in truths])
     res = metric.compute()

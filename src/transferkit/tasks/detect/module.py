@@ -43,14 +43,14 @@ class DetectModule(pl.LightningModule):
             self._start = time.monotonic()
         losses, _ = self._losses(batch)
         n = len(batch[1])
-        self.log("train_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for k in ("loss_obj", "loss_box", "loss_cls"):
-            self.log(f"train_{k}", losses[k], on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train_{k}", losses[k], on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
         losses, out = self._losses(batch)
-        self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+        self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
         dets = self.net.detect(out, self.size, conf=0.001, iou=self.cfg.iou, max_det=self.cfg.max_det)
         for d, t in zip(dets, batch[1]):
             self._val.append(({k: v.cpu() for k, v in d.items()}, {k: v.cpu() for k, v in t.items()}))
@@ -62,8 +62,8 @@ class DetectModule(pl.LightningModule):
 
         m = mean_average_precision([p for p, _ in self._val], [t for _, t in self._val], class_metrics=False)
         self._val = []
-        self.log("val_map50", m["map50"], prog_bar=True)
-        self.log("val_map", m["map"])
+        self.log("val_map50", m["map50"], prog_bar=True, sync_dist=True)
+        self.log("val_map", m["map"], sync_dist=True)
 
     def _progress(self, step: int) -> float:
         p = step / self.total_steps

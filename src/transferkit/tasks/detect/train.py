@@ -64,7 +64,7 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
         resume: bool = False) -> Path:
     """Train a detector on DATA (VOC / COCO / YOLO txt); returns the run folder (see the module docstring)."""
     from transferkit.core import config as cfgmod
-    from transferkit.core.engine import make_loader, make_trainer, prepare_run_dir, restore_best, seed_everything
+    from transferkit.core.engine import is_rank_zero, make_loader, make_trainer, prepare_run_dir, restore_best, seed_everything
     from transferkit.core.engine import fit as engine_fit
     from transferkit.core.modeldir import atomic_write_text, save_model_dir
     from transferkit.tasks.detect.data import DetDataset, collate, load_resized, read_dataset, split_records, train_transform
@@ -77,13 +77,14 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
     if ds.n_boxes == 0:
         raise TransferkitError(f"{data} holds no boxes to learn from ({ds.summary()}).")
     run_dir = prepare_run_dir(run_dir, resume)
-    cfgmod.save(cfg, run_dir / "config.yaml")
     seed_everything(cfg.seed)
     tr_idx, va_idx = split_records(ds.records, cfg.val_fraction, cfg.seed)
-    atomic_write_text(run_dir / "split.json", json.dumps({
-        "seed": cfg.seed, "format": ds.format, "train": [str(ds.records[i].path) for i in tr_idx],
-        "val": [str(ds.records[i].path) for i in va_idx], "dropped_boxes": ds.dropped_boxes,
-        "bad_files": [list(b) for b in ds.bad_files]}, indent=1))
+    if is_rank_zero():  # DDP: the other ranks compute the same seeded split and write nothing
+        cfgmod.save(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "split.json", json.dumps({
+            "seed": cfg.seed, "format": ds.format, "train": [str(ds.records[i].path) for i in tr_idx],
+            "val": [str(ds.records[i].path) for i in va_idx], "dropped_boxes": ds.dropped_boxes,
+            "bad_files": [list(b) for b in ds.bad_files]}, indent=1))
     train_recs = [ds.records[i] for i in tr_idx]
     val_recs = [ds.records[i] for i in va_idx]
     if cfg.method == "localize":
@@ -119,6 +120,8 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
         monitor = "val_map50" if vl is not None else None
         trainer = make_trainer(cfg, run_dir, monitor=monitor, mode="max", **kw)
         engine_fit(trainer, module, tl, vl, run_dir=run_dir, resume=resume)
+        if not is_rank_zero():
+            return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
         if monitor:
             restore_best(trainer, module)
         net = module.net.cpu().eval()

@@ -131,7 +131,7 @@ def fid_torchmetrics(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID by torchmetrics' ``FrechetInceptionDistance`` on the given features (the reference for :func:`fid`)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), normalize=True)
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), normalize=True, sync_on_compute=False)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return max(0.0, float(metric.compute()))
@@ -149,7 +149,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> tuple[float, f
     subset = min(1000, max(2, n // 2))  # subsets of half the samples, so that they differ and the std means something
     torch.manual_seed(seed)
     metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=20 if n > 50 else 10, subset_size=subset,
-                                     normalize=True)
+                                     normalize=True, sync_on_compute=False)  # rank 0 alone measures, under DDP
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     mean, std = metric.compute()

@@ -164,8 +164,9 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
     run_dir = engine.prepare_run_dir(out, resume)
     engine.seed_everything(cfg.seed)
     _set_threads(cfg.threads)
-    cfgmod.save(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / SPLIT_FILE, json.dumps({"source": source, "n": d.n, "held_out": d.held}))
+    if engine.is_rank_zero():  # DDP: the other ranks make the same seeded split and write nothing
+        cfgmod.save(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / SPLIT_FILE, json.dumps({"source": source, "n": d.n, "held_out": d.held}))
     mconf = model_config(cfg, d, source)
     epochs = cfg.resolved_epochs()
     scale = auto_scale(d.size)
@@ -233,6 +234,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         return save_png(pic, run_dir / "samples" / name)
 
     def on_epoch_end(mod, epoch: int) -> None:
+        if not engine.is_rank_zero():
+            return  # DDP: rank 0 draws the pictures and measures FID
         snapshot(f"epoch_{epoch + 1:03d}.png")
         if cfg.fid_every and (epoch + 1) % cfg.fid_every == 0:
             r = fid_now()
@@ -246,10 +249,13 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
     extra: dict[str, Any] = {}
     if cfg.time_budget is not None:
         extra["max_time"] = datetime.timedelta(minutes=cfg.time_budget)
-    trainer = engine.make_trainer(cfg, run_dir, monitor=None, max_epochs=epochs, **extra)
-    snapshot("epoch_000.png")
+    trainer = engine.make_trainer(cfg, run_dir, monitor=None, max_epochs=epochs, partial_backward=True, **extra)
+    if engine.is_rank_zero():
+        snapshot("epoch_000.png")
     started = time.perf_counter()
     engine.fit(trainer, module, loader, None, run_dir=run_dir, resume=resume)
+    if not engine.is_rank_zero():
+        return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     wall = time.perf_counter() - started
 
     sampler = module.sampler()

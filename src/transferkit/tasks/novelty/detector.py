@@ -165,7 +165,8 @@ def fit(cfg: NoveltyConfig, data: str | os.PathLike | ArrayData, out: str | os.P
     if len(normal) < 4:
         raise TransferkitError(f"{source} has {len(normal)} normal image(s); at least 4 are needed to learn and calibrate.")
     run_dir = engine.prepare_run_dir(out, resume=False)
-    cfgmod.save(cfg, run_dir / "config.yaml")
+    if engine.is_rank_zero():  # DDP (reconstruction): rank 0 writes the run folder
+        cfgmod.save(cfg, run_dir / "config.yaml")
     # split the normal rows (stratified by class when there are labels); `images` only sizes the split
     normal_part = ArrayData(np.zeros((len(normal), 1, 1), np.uint8),
                             None if items.labels is None else items.labels[normal], items.classes, source)
@@ -192,6 +193,8 @@ def fit(cfg: NoveltyConfig, data: str | os.PathLike | ArrayData, out: str | os.P
         n_tr = len(train_rows)
         ae_dir = ae_fit(ae_cfg, subset, run_dir / "autoencoder",
                         split=(list(range(n_tr)), list(range(n_tr, len(subset)))))
+        if not engine.is_rank_zero():
+            return run_dir  # DDP: the other ranks trained the autoencoder alongside; rank 0 calibrates and writes
         module = load(ae_dir / "model").module
         calib_scores = reconstruction_scores(module, items.images[calib_rows])
         train_scores = reconstruction_scores(module, items.images[train_rows])

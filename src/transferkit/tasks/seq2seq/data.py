@@ -91,7 +91,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     The shuffled pairs are cut into pools of ``pool`` batches; each pool is
     sorted by (source, target) length and cut into batches; the batches are
     shuffled.  Without ``shuffle``, one global length sort.  Under DDP each
-    process takes every world-th batch (the same number on every process).
+    training process takes every world-th batch (the same number on every process).
     """
 
     def __init__(self, lengths: Sequence[tuple[int, int]], batch_size: int, shuffle: bool, seed: int = 0, pool: int = 50):
@@ -121,12 +121,26 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         order = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in order]
 
-    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+    @staticmethod
+    def _world() -> tuple[int, int]:
         dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1, 0
+        return dist.get_world_size(), dist.get_rank()
+
+    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+        """Training under DDP: every world-th batch, the same count on every process (DDP's gradient
+        all-reduce needs equal steps); with fewer batches than processes, an equal share of the pairs.
+        Validation (no shuffle) is not sharded: each process scores every held-out pair, so the
+        corpus-level chrF/BLEU are exact and equal on every process."""
+        world, rank = self._world()
+        if world == 1 or not self.shuffle:
             return batches
-        world, rank = dist.get_world_size(), dist.get_rank()
         per = len(batches) // world
+        if per == 0:
+            flat = [i for b in batches for i in b]
+            k = len(flat) // world
+            return [flat[rank * k:(rank + 1) * k]] if k else []
         return batches[rank::world][:per]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -140,7 +154,8 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         if self.shuffle:  # pools may end with a short batch each
             step = self.batch_size * self.pool
             n = sum((min(step, len(self.lengths) - s) + self.batch_size - 1) // self.batch_size for s in range(0, len(self.lengths), step))
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            n //= dist.get_world_size()
+        world, _ = self._world()
+        if world > 1 and self.shuffle:
+            k = len(self.lengths) // world
+            n = n // world if n >= world else int(k > 0)
         return n

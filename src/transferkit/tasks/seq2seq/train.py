@@ -119,13 +119,13 @@ def _module_class():
         def training_step(self, batch, batch_idx):
             logits = self.net(batch["src"], batch["src_len"], batch["tgt_in"])
             loss = self._loss(logits, batch["tgt_out"], self.cfg.label_smoothing)
-            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["src"].size(0))
+            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch["src"].size(0), sync_dist=True)
             return loss
 
         def validation_step(self, batch, batch_idx):
             tgt = batch["tgt_out"]
             logits = self.net(batch["src"], batch["src_len"], batch["tgt_in"])
-            self.log("val_loss", self._loss(logits, tgt, 0.0), on_step=False, on_epoch=True, batch_size=tgt.size(0))
+            self.log("val_loss", self._loss(logits, tgt, 0.0), on_step=False, on_epoch=True, batch_size=tgt.size(0), sync_dist=True)
             real = tgt != PAD
             # an <unk> target is never "right": the true token is one the model cannot produce
             self._correct += int(((logits.argmax(-1) == tgt) & real & (tgt != UNK)).sum())
@@ -205,8 +205,9 @@ def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool 
         f"{len(src_vocab)} source / {len(tgt_vocab)} target tokens (held-out unknown: "
         f"{src_vocab.unknown_rate(s for s, _ in val):.1%} / {tgt_vocab.unknown_rate(t for _, t in val):.1%})"
     )
-    cfgmod.save(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / HELDOUT_FILE, "".join(f"{s}\t{t}\n" for s, t in val))
+    if engine.is_rank_zero():  # DDP: the other ranks build the same seeded split and vocabularies, and write nothing
+        cfgmod.save(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / HELDOUT_FILE, "".join(f"{s}\t{t}\n" for s, t in val))
 
     net_kw = cfg.network()
     net = Seq2Seq(len(src_vocab), len(tgt_vocab), **net_kw)
@@ -236,6 +237,8 @@ def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool 
         extra["max_time"] = {"seconds": int(train_s)}
     trainer = engine.make_trainer(cfg, run_dir, monitor="val_chrf", mode="max", **extra)
     engine.fit(trainer, module, train_loader, val_loader, run_dir=run_dir, resume=resume)
+    if not engine.is_rank_zero():
+        return {}  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     best_path = engine.restore_best(trainer, module)
     history = engine.metrics_by_epoch(run_dir)
     chrf_hist = history.get("val_chrf", [])

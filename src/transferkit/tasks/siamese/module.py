@@ -111,7 +111,7 @@ class SiameseModule(pl.LightningModule):
         x = random_affine(self._prep(x), self.ranges, self._aug_gen if x.device.type == "cpu" else None)
         emb = self.net.embed(self._layout(x))
         loss = self.objective(emb, y.to(self.device), self.net)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("lr", self.optimizers().param_groups[-1]["lr"], on_step=False, on_epoch=True)
         return loss
 
@@ -126,7 +126,7 @@ class SiameseModule(pl.LightningModule):
         self._val_emb = []
         if self.val_episodes:
             acc = float(episode_accuracies(self.net.cdist, emb, self.val_episodes, self.center).mean())
-            self.log("val_acc", acc, prog_bar=True)
+            self.log("val_acc", acc, prog_bar=True, sync_dist=True)
 
     # ---------------------------------------------------------------- optimiser
 

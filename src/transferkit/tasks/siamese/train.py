@@ -95,7 +95,8 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     val = data_set.subset_classes(val_c) if val_c else None
 
     run_dir = engine.prepare_run_dir(out, resume)
-    C.save(cfg, run_dir / "config.yaml")
+    if engine.is_rank_zero():  # DDP: rank 0 writes the run folder
+        C.save(cfg, run_dir / "config.yaml")
     if scratch:
         mean, std = _channel_stats(train.images)
         if in_chans == 3 and len(mean) == 1:
@@ -143,6 +144,8 @@ def fit(cfg: SiameseConfig, data: str | os.PathLike, out: str | os.PathLike, res
     t_train = time.perf_counter()
     engine.fit(trainer, module, loader, vloader, run_dir=run_dir, resume=resume)
     train_seconds = time.perf_counter() - t_train
+    if not engine.is_rank_zero():
+        return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     best_path = engine.restore_best(trainer, module) if monitor else None
     net = module.net.eval()
 
