@@ -307,6 +307,27 @@ def test_unknown_task_is_refused_with_one_line(models, tmp_path):
         create_app(ServeSettings(models=[f"a={models['clf']}", f"a={models['ae']}"]))
 
 
+def test_serve_uses_only_public_functions_of_the_tasks():
+    """The serving contract: serve calls each task's public functions (``predict`` and friends), never a private
+    one (leading underscore), so a task may rework its internals without breaking serve."""
+    import ast
+
+    import transferkit.serve
+
+    for path in sorted(Path(transferkit.serve.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transferkit.") \
+                    and not node.module.startswith("transferkit.serve"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name}:{node.lineno} imports {private} from {node.module}"
+                assert not any(part.startswith("_") for part in node.module.split(".")), f"{path.name}:{node.lineno}"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                assert isinstance(owner, ast.Name) and owner.id == "self", \
+                    f"{path.name}:{node.lineno} reaches into {ast.unparse(node)}"
+
+
 # --------------------------------------------------------------------------- batching
 
 

@@ -187,7 +187,8 @@ class ReconstructionHandler(Handler):
         img = self.decode(inp)  # read as autoencoder.data.read_files reads files
         return inp.name, self._array(img, self.in_channels), self._array(img, self.channels)
 
-    def _reconstruct(self, items):
+    def reconstruct(self, items):
+        """(scores, decoded uint8 images) of a batch from :meth:`prepare`."""
         import torch
 
         from transferkit.tasks.autoencoder.data import to_float, to_uint8
@@ -199,7 +200,7 @@ class ReconstructionHandler(Handler):
         return scores, to_uint8(out)
 
     def run(self, items):
-        scores, recon = self._reconstruct(items)
+        scores, recon = self.reconstruct(items)
         return [{"path": name, "score": float(s), "reconstruction": _png_data_url(r)}
                 for (name, _, _), s, r in zip(items, scores, recon)]
 
@@ -211,20 +212,17 @@ class NoveltyHandler(Handler):
 
     def __init__(self, name, path, config, opts):
         super().__init__(name, path, config, opts)
-        from transferkit.tasks.novelty.detector import Detector
+        from transferkit.tasks.novelty import Detector
 
-        self.det = Detector(path)
-        self.det._load()
+        self.det = Detector(path).load()
         self.method = self.det.method
         if self.method == "reconstruction":
-            from transferkit.core.modeldir import load
-
-            tm = load(path / self.det.state["autoencoder"] / "model")
+            tm = self.det.autoencoder
             self.inner = ReconstructionHandler(name, path, tm.config, opts, model=tm)
         else:
             from transferkit.core.inference import OutputHead, Runner, draft_for
 
-            tm = self.det._tm
+            tm = self.det.embedding_model
             self.transform, self.draft = tm.transform(), draft_for(tm.preprocessing)
             self.runner = Runner(OutputHead.make(tm.module, "pre_logits"), tm.preprocessing.input_size,
                                  device=opts.device, engine=opts.engine)
@@ -240,15 +238,13 @@ class NoveltyHandler(Handler):
 
     def run(self, items):
         if self.method == "reconstruction":
-            scores, _ = self.inner._reconstruct(items)
+            scores, _ = self.inner.reconstruct(items)
         else:
             import torch
 
             from transferkit.tasks.index.embed import l2_normalise
-            from transferkit.tasks.novelty.detector import embedding_scores
 
-            vecs = l2_normalise(self.runner(torch.stack([x for _, x in items])))
-            scores = embedding_scores(self.det._index, vecs, int(self.det.state["neighbours"]))
+            scores = self.det.score_embeddings(l2_normalise(self.runner(torch.stack([x for _, x in items]))))
         return [{"path": it[0], "score": float(s), "novel": bool(s > self.det.threshold)} for it, s in zip(items, scores)]
 
 
@@ -289,9 +285,9 @@ class VerifyHandler(Handler):
         return {**super().info(), "classes": self.ids, "threshold": self.threshold}
 
     def prepare(self, inp: Input):
-        from transferkit.tasks.siamese.data import _to_array
+        from transferkit.tasks.siamese.data import to_array
 
-        return inp.name, _to_array(self.decode(inp), self.size, self.grey, self.ink)
+        return inp.name, to_array(self.decode(inp), self.size, self.grey, self.ink)
 
     def run(self, items):
         import torch
@@ -367,33 +363,22 @@ class CaptionHandler(Handler):
 
 class DetectHandler(Handler):
     """An object detector: ``{"path", "width", "height", "boxes": [{"label", "score", "xyxy"}]}`` as
-    ``detect predict --json`` (the task's ``predict`` reads files; this runs its image step on the uploads)."""
+    ``detect predict --json``, through the task's ``predict`` on the decoded uploads (the model loaded once)."""
 
     task = "detect"
 
     def __init__(self, name, path, config, opts):
         super().__init__(name, path, config, opts)
-        from transferkit.tasks.detect import train
+        from transferkit.tasks.detect import load_model, predict
 
-        self.model = train._load(path)
-        self._detect = train._detect_images
-        det = self.model.config["detect"]
-        self.conf, self.iou, self.max_det = float(det.get("conf", 0.25)), float(det.get("iou", 0.5)), int(det.get("max_det", 100))
+        self.model = load_model(path)
+        self.predict = predict
 
     def prepare(self, inp: Input):
-        img = self.decode(inp)
-        return inp.name, img
+        return inp.name, self.decode(inp)
 
     def run(self, items):
-        names = self.model.class_names
-        imgs = [img for _, img in items]
-        sizes = [img.size for img in imgs]
-        out = []
-        for (name, _), (w, h), d in zip(items, sizes, self._detect(self.model, imgs, sizes, self.conf, self.iou, self.max_det)):
-            out.append({"path": name, "width": int(w), "height": int(h),
-                        "boxes": [{"label": names[int(lab)], "score": round(float(sc), 4), "xyxy": [round(float(v), 1) for v in b]}
-                                  for b, sc, lab in zip(d["boxes"], d["scores"], d["labels"])]})
-        return out
+        return self.predict(self.model, list(items))
 
 
 class GanHandler(Handler):

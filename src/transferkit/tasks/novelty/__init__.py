@@ -4,6 +4,7 @@
 >>> run = fit(NoveltyConfig(normal_classes=("0", "1", "2", "3", "4")), "digits", "runs/nov")
 >>> score(run, ["img.png"])          # [{"path", "score", "novel"}]
 >>> evaluate(run, "digits")["roc_auc"]
+>>> Detector(run).load()             # the fitted detector, loaded once (what `transferkit serve` uses)
 
 The detector's network is an autoencoder run (``RUN_DIR/autoencoder/model``,
 loaded by the autoencoder task's ``build_model``) or an embedding index, so
@@ -15,6 +16,7 @@ from __future__ import annotations
 from transferkit.core.lazy import lazy_exports
 from transferkit.tasks.novelty.config import NoveltyConfig
 
-__getattr__, __dir__ = lazy_exports(__name__, {"fit": "detector", "score": "detector", "evaluate": "detector"})
+__getattr__, __dir__ = lazy_exports(__name__, {"fit": "detector", "score": "detector", "evaluate": "detector",
+                                               "Detector": "detector"})
 
-__all__ = ["NoveltyConfig", "evaluate", "fit", "score"]
+__all__ = ["Detector", "NoveltyConfig", "evaluate", "fit", "score"]

@@ -280,25 +280,49 @@ class Detector:
         self.state = json.loads(path.read_text(encoding="utf-8"))
         self.threshold = float(self.state["threshold"])
         self.method = self.state["method"]
-        self._module = self._index = self._tm = None
+        self._module = self._index = self._tm = self._ae = None
         self._model_config: dict[str, Any] | None = None
 
-    def _load(self) -> None:
+    def load(self) -> "Detector":
+        """Load the network (and index) now rather than at the first score; returns the detector."""
         if self.method == "reconstruction" and self._module is None:
             from transferkit.core.modeldir import load
 
             tm = load(self.run_dir / self.state["autoencoder"] / "model")
-            self._module, self._model_config = tm.module, tm.config
+            self._ae, self._module, self._model_config = tm, tm.module, tm.config
         if self.method == "embedding" and self._index is None:
             from transferkit.tasks.index.ops import model_of
             from transferkit.tasks.index.store import Index
 
             self._index = Index.load(self.run_dir / self.state["index"])
             self._tm = model_of(self._index)
+        return self
+
+    @property
+    def autoencoder(self) -> Any:
+        """The ``reconstruction`` method's autoencoder (a loaded TransferModel); None for ``embedding``."""
+        return self.load()._ae
+
+    @property
+    def embedding_model(self) -> Any:
+        """The ``embedding`` method's network (a loaded TransferModel) that embeds images; None for ``reconstruction``."""
+        return self.load()._tm
+
+    @property
+    def index(self) -> Any:
+        """The ``embedding`` method's index of normal images; None for ``reconstruction``."""
+        return self.load()._index
+
+    def score_embeddings(self, vectors: np.ndarray) -> np.ndarray:
+        """Scores of L2-normalised embeddings from :attr:`embedding_model` (1 - mean cosine similarity to the
+        nearest normal images); novel where above :attr:`threshold`."""
+        if self.method != "embedding":
+            raise TransferkitError(f"{self.run_dir} scores by reconstruction, not by embedding.")
+        return embedding_scores(self.index, vectors, int(self.state["neighbours"]))
 
     def score_rows(self, items: Items, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores of ``rows`` of DATA read by :meth:`read`, and the rows scored (unreadable files left out)."""
-        self._load()
+        self.load()
         rows = np.asarray(rows, dtype=int)
         if self.method == "reconstruction":
             return reconstruction_scores(self._module, items.images[rows]), rows
@@ -307,7 +331,7 @@ class Detector:
 
     def score_files(self, paths: Sequence[str | os.PathLike], strict: bool = False) -> tuple[np.ndarray, list[str]]:
         """Scores of image files (read as the training images were); returns (scores, names kept)."""
-        self._load()
+        self.load()
         if self.method == "reconstruction":
             from transferkit.tasks.autoencoder.data import read_files
 
@@ -321,7 +345,7 @@ class Detector:
 
     def read(self, data: str | os.PathLike | ArrayData) -> Items:
         """DATA read the way the training data was read."""
-        self._load()
+        self.load()
         if self.method == "reconstruction":
             return read_items(data, False, model_config=self._model_config)
         return read_items(data, True)

@@ -111,7 +111,7 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def _to_array(img: Any, size: int, grey: bool, ink: bool = False) -> np.ndarray:
+def to_array(img: Any, size: int, grey: bool, ink: bool = False) -> np.ndarray:
     """A PIL image as uint8 (size, size) grey or (size, size, 3) RGB, squashed to a square (bilinear).
 
     ``ink``: grey images are first cropped to their ink (:func:`crop_to_ink`).
@@ -144,7 +144,7 @@ def read_images(paths: Sequence[str | os.PathLike], size: int, grey: bool, stric
         except ImageReadError as err:
             skips.add(err)
             continue
-        out.append(_to_array(img, size, grey, ink))
+        out.append(to_array(img, size, grey, ink))
         kept.append(Path(p))
     note = skips.summary()
     if note and len(skips.skipped) > 1:
