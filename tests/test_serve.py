@@ -398,13 +398,17 @@ def test_page_script_parses(client, tmp_path):
 
 @contextlib.contextmanager
 def _served(app):
-    """``app`` behind a real uvicorn server on a free loopback port, in a thread; yields the port."""
+    """``app`` behind a real uvicorn server as `transferkit serve` runs it, on a free loopback port, in a thread;
+    yields the port."""
     import threading
 
     import uvicorn
 
+    from transferkit.serve import server_options
+
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **server_options(app.state.settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -591,6 +595,62 @@ def test_a_dribbled_body_gets_408_within_the_timeout_and_others_are_served(model
         assert others == [200, 200, 200, 200]
         with httpx.Client(base_url=url, timeout=5) as c:  # and the server still serves afterwards
             assert c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code == 200
+
+
+def test_dribbled_headers_get_the_connection_closed_within_the_timeout(models):
+    """Slowloris on the headers: a new connection, and a kept-alive one after its first answer, each send header
+    bytes one at a time. Each is closed within --timeout of its start (uvicorn alone would wait forever, and enough
+    of them would hold every allowed connection), while other clients are served."""
+    import select
+
+    import httpx
+
+    timeout = 1.0
+    app = create_app(ServeSettings(models=[f"clf={models['clf']}"], timeout_s=timeout, max_batch=1))
+    with _served(app) as port:
+        url = f"http://127.0.0.1:{port}"
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=5)
+        kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = b""
+            while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+                first += kept.recv(4096)
+            assert first.startswith(b"HTTP/1.1 200")  # a normal request on it first: the connection stays open
+            t0 = time.perf_counter()
+            open_socks = {fresh: t0, kept: t0}
+            closed_after: dict[socket.socket, float] = {}
+            for sock in open_socks:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            others, sent = [], 0
+            while open_socks and time.perf_counter() - t0 < 10 * timeout:
+                for sock in select.select(list(open_socks), [], [], 0.1)[0]:
+                    try:
+                        data = sock.recv(4096)
+                    except ConnectionResetError:
+                        data = b""
+                    assert not data, data[:200]  # never an answer: its headers never end
+                    closed_after[sock] = time.perf_counter() - open_socks.pop(sock)
+                for sock in list(open_socks):
+                    try:
+                        sock.sendall(b"X")  # one more byte of a header line, every 0.1 s
+                    except OSError:
+                        closed_after[sock] = time.perf_counter() - open_socks.pop(sock)
+                sent += 1
+                if sent in (3, 6):
+                    with httpx.Client(base_url=url, timeout=5) as c:
+                        others.append(c.get("/health").status_code)
+                        others.append(c.post("/models/clf/predict", files={"file": ("a.png", png())}).status_code)
+        finally:
+            fresh.close()
+            kept.close()
+        assert not open_socks, "a connection dribbling its headers was still open after 10 timeouts"
+        assert all(t < timeout + 1.5 for t in closed_after.values()), closed_after
+        assert sent >= 5 and others == [200, 200, 200, 200]
+        with httpx.Client(base_url=url, timeout=5) as c:  # still serving, and a patient client is unaffected
+            assert c.get("/health").status_code == 200
+            time.sleep(timeout * 1.5)  # idle on keep-alive longer than the header deadline, then a request
+            assert c.get("/health").status_code == 200
 
 
 def test_bind_rules():

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="identities for Siamese models to verify against (one folder per identity)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default: 20; 413 beyond)")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds a request may wait for its answer, or take to send its body (default: 30)")
+                   help="seconds a request may wait for its answer (503), take to send its body (408), or take to "
+                   "send its headers (the connection is closed) (default: 30)")
     p.add_argument("--max-connections", type=int, default=256,
                    help="concurrent connections before new ones get 503 (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

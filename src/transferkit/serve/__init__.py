@@ -45,6 +45,16 @@ def check_bind(host: str, token: str | None) -> None:
                                "the models. Give --token SECRET (or TRANSFERKIT_SERVE_TOKEN), or keep --host 127.0.0.1.")
 
 
+def server_options(settings: Any) -> dict[str, Any]:
+    """uvicorn options every ``transferkit serve`` server runs with: the HTTP protocol that closes connections
+    whose request headers take longer than ``settings.timeout_s`` (:mod:`transferkit.serve.protocol`), a 5 s
+    keep-alive, no Server header, no trust in proxy headers."""
+    from transferkit.serve.protocol import HeaderDeadlineProtocol
+
+    HeaderDeadlineProtocol.header_timeout = float(settings.timeout_s)
+    return dict(http=HeaderDeadlineProtocol, timeout_keep_alive=5, server_header=False, proxy_headers=False)
+
+
 def serve(settings: Any, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           max_connections: int = 256, log_level: str = "info") -> None:
     """Load the models and serve them with uvicorn until interrupted."""
@@ -54,7 +64,7 @@ def serve(settings: Any, host: str = "127.0.0.1", port: int = 8000, workers: int
 
     check_bind(host, settings.token)
     common = dict(host=host, port=port, log_level=log_level, limit_concurrency=max_connections,
-                  timeout_keep_alive=5, server_header=False, proxy_headers=False)
+                  **server_options(settings))
     if workers > 1:
         load_models(settings)  # fail here, with one line, rather than in every worker
         os.environ["TRANSFERKIT_SERVE_SETTINGS"] = json.dumps(asdict(settings))

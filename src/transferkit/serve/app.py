@@ -390,5 +390,8 @@ def _json_inputs(body: Any, options: dict[str, Any], generate: bool = False) -> 
 
 def app_from_env():
     """App factory for ``--workers N`` (each uvicorn worker process loads the models itself)."""
+    from transferkit.serve import server_options
+
     settings = ServeSettings(**json.loads(os.environ["TRANSFERKIT_SERVE_SETTINGS"]))
+    server_options(settings)  # this process's header deadline (a class attribute) from the settings
     return create_app(settings)
