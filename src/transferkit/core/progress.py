@@ -13,6 +13,11 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def say(msg: str) -> None:
+    """One progress or warning line on stderr, flushed at once (stdout stays for results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def progress_mode() -> str:
     """``bar`` on a terminal, ``lines`` otherwise, ``off`` when silenced."""
     env = os.environ.get("TRANSFERKIT_PROGRESS", "").strip().lower()

@@ -13,14 +13,14 @@ decoder and vocabulary.  It ends by scoring the held-out images (``eval.json``,
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from transferkit.core.config import doc
+from transferkit.core.config import doc, require
 from transferkit.core.engine import TrainConfig
+from transferkit.core.progress import say as _say
 from transferkit.errors import TransferkitError
 
 MODEL_SUBDIR = "model"
@@ -62,21 +62,14 @@ class CaptionConfig(TrainConfig):
     patience: Optional[int] = doc("early stopping: epochs without a lower validation loss (None: off)", 4)
 
     def validate(self) -> None:
-        for name in ("embed", "hidden", "batch_size", "epochs", "beam", "min_count", "max_words", "grid", "val_images"):
-            if getattr(self, name) < 1:
-                raise TransferkitError(f"--{name.replace('_', '-')} must be at least 1.")
-        if self.finetune_encoder < 0:
-            raise TransferkitError("--finetune-encoder must be 0 or more stages.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TransferkitError("--dropout must be in [0, 1).")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TransferkitError("--val-fraction must be between 0 and 1.")
-        if self.max_images is not None and self.max_images < 2:
-            raise TransferkitError("--max-images must be at least 2.")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise TransferkitError("--time-budget must be a positive number of minutes.")
-        if self.threads is not None and self.threads < 1:
-            raise TransferkitError("--threads must be at least 1.")
+        at_least_1 = ("embed", "hidden", "batch_size", "epochs", "beam", "min_count", "max_words", "grid", "val_images")
+        require(self, at_least_1, lambda v: v >= 1, "be at least 1")
+        require(self, "finetune_encoder", lambda v: v >= 0, "be 0 or more stages")
+        require(self, "dropout", lambda v: 0.0 <= v < 1.0, "be in [0, 1)")
+        require(self, "val_fraction", lambda v: 0.0 < v < 1.0, "be between 0 and 1")
+        require(self, "max_images", lambda v: v >= 2, "be at least 2")
+        require(self, "time_budget", lambda v: v > 0, "be a positive number of minutes")
+        require(self, "threads", lambda v: v >= 1, "be at least 1")
 
     def network(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~transferkit.tasks.caption.model.CaptionDecoder` (sizes aside)."""
@@ -232,10 +225,6 @@ def _module_class():
 # --------------------------------------------------------------------------- fit
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def fit(cfg: CaptionConfig, data: str | Path, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train a captioning model on ``data`` (see :mod:`.data` for the formats) into ``run_dir``.
 
@@ -263,6 +252,7 @@ def fit(cfg: CaptionConfig, data: str | Path, run_dir: str | Path, resume: bool 
     from transferkit.core import engine
     from transferkit.core.freezing import freeze_bottom
     from transferkit.core.images import SkipLog
+    from transferkit.core.limits import trainer_limits
     from transferkit.core.modeldir import atomic_write_text, save_model_dir
     from transferkit.core.vocab import Vocab
     from transferkit.tasks.caption.captioner import evaluate
@@ -356,16 +346,8 @@ def fit(cfg: CaptionConfig, data: str | Path, run_dir: str | Path, resume: bool 
          f"{count_parameters(encoder) / 1e6:.2f} M ({'top ' + str(cfg.finetune_encoder) + ' stages trained' if finetune else 'frozen'})")
     module = _module_class()(model, cfg, vocab, train_feats, val_feats, val.captions[: cfg.val_images], val_x)
 
-    extra: dict[str, Any] = {}
-    if cfg.clip > 0:
-        extra["gradient_clip_val"] = cfg.clip
-    if cfg.time_budget is not None:
-        budget = cfg.time_budget * 60.0
-        reserve = max(30.0, 0.08 * budget)  # restoring, saving, the final beam evaluation and the report
-        train_s = budget - reserve - (time.monotonic() - t0)
-        if train_s < 5:
-            raise TransferkitError(f"--time-budget {cfg.time_budget} minutes leaves no time to train; give more.")
-        extra["max_time"] = {"seconds": int(train_s)}
+    # reserve: restoring, saving, the final beam evaluation and the report
+    extra = trainer_limits(cfg.clip, cfg.time_budget, t0, reserve_s=30.0, flag="--time-budget")
     trainer = engine.make_trainer(cfg, run_dir, monitor="val_loss", mode="min", **extra)
     engine.fit(trainer, module, train_loader, val_loader, run_dir=run_dir, resume=resume)
     if not engine.is_rank_zero():

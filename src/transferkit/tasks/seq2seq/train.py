@@ -10,14 +10,14 @@ itself.  It ends by evaluating the held-out pairs (``report.html``).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from transferkit.core.config import doc
+from transferkit.core.config import doc, require
 from transferkit.core.engine import TrainConfig
+from transferkit.core.progress import say as _say
 from transferkit.errors import TransferkitError
 
 MODEL_SUBDIR = "model"
@@ -53,21 +53,13 @@ class Seq2seqConfig(TrainConfig):
     patience: Optional[int] = doc("early stopping: epochs without a better validation chrF (None: off)", 8)
 
     def validate(self) -> None:
-        for name in ("hidden", "layers", "batch_size", "epochs", "beam", "max_chars"):
-            if getattr(self, name) < 1:
-                raise TransferkitError(f"--{name.replace('_', '-')} must be at least 1.")
-        if self.embed is not None and self.embed < 1:
-            raise TransferkitError("--embed must be at least 1.")
-        if self.max_pairs is not None and self.max_pairs < 2:
-            raise TransferkitError("--max-pairs must be at least 2.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TransferkitError("--dropout must be in [0, 1).")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise TransferkitError("--val-fraction must be between 0 and 1.")
-        if self.threads is not None and self.threads < 1:
-            raise TransferkitError("--threads must be at least 1.")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise TransferkitError("--time-limit must be a positive number of minutes.")
+        require(self, ("hidden", "layers", "batch_size", "epochs", "beam", "max_chars"), lambda v: v >= 1, "be at least 1")
+        require(self, "embed", lambda v: v >= 1, "be at least 1")
+        require(self, "max_pairs", lambda v: v >= 2, "be at least 2")
+        require(self, "dropout", lambda v: 0.0 <= v < 1.0, "be in [0, 1)")
+        require(self, "val_fraction", lambda v: 0.0 < v < 1.0, "be between 0 and 1")
+        require(self, "threads", lambda v: v >= 1, "be at least 1")
+        require(self, "time_limit", lambda v: v > 0, "be a positive number of minutes")
 
     def embed_size(self) -> int:
         return self.embed if self.embed is not None else (128 if self.level == "char" else self.hidden)
@@ -157,10 +149,6 @@ def _module_class():
 # --------------------------------------------------------------------------- fit
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train a translation model on ``data`` (``source<TAB>target`` lines) into ``run_dir``.
 
@@ -180,6 +168,7 @@ def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool 
 
     from transferkit.core import config as cfgmod
     from transferkit.core import engine
+    from transferkit.core.limits import trainer_limits
     from transferkit.core.modeldir import atomic_write_text, save_model_dir
     from transferkit.tasks.seq2seq.data import BucketBatchSampler, PairDataset, collate, split_pairs
     from transferkit.tasks.seq2seq.translator import evaluate
@@ -224,17 +213,9 @@ def fit(cfg: Seq2seqConfig, data: str | Path, run_dir: str | Path, resume: bool 
     )
     module = _module_class()(net, cfg, tgt_vocab, [normalize(t) for _, t in val])
 
-    extra: dict[str, Any] = {"use_distributed_sampler": False}
-    if cfg.clip > 0:
-        extra["gradient_clip_val"] = cfg.clip
-    if cfg.time_limit is not None:
-        # keep a reserve for restoring, saving and the final (beam) evaluation of the held-out pairs
-        budget = cfg.time_limit * 60.0
-        reserve = max(45.0, 0.08 * budget)
-        train_s = budget - reserve - (time.monotonic() - t0)
-        if train_s < 5:
-            raise TransferkitError(f"--time-limit {cfg.time_limit} minutes leaves no time to train; give more.")
-        extra["max_time"] = {"seconds": int(train_s)}
+    # reserve: restoring, saving and the final (beam) evaluation of the held-out pairs
+    extra = trainer_limits(cfg.clip, cfg.time_limit, t0, reserve_s=45.0, flag="--time-limit")
+    extra["use_distributed_sampler"] = False
     trainer = engine.make_trainer(cfg, run_dir, monitor="val_chrf", mode="max", **extra)
     engine.fit(trainer, module, train_loader, val_loader, run_dir=run_dir, resume=resume)
     if not engine.is_rank_zero():
