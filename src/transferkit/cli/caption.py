@@ -101,23 +101,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from transferkit.core.config import resolve
+    from transferkit.cli._fit import print_fit_result, resolve_fit_config
     from transferkit.tasks.caption.train import CaptionConfig, fit
 
-    saved = Path(args.out) / "config.yaml"
-    if args.resume and not getattr(args, "config", None) and saved.is_file():
-        args.config = str(saved)  # resume with the run's own settings unless told otherwise
-    cfg = resolve(CaptionConfig, args)
+    cfg = resolve_fit_config(CaptionConfig, args)
     r = fit(cfg, args.data, args.out, resume=args.resume)
     if not is_rank_zero():
         return 0  # DDP: another rank trained alongside; rank 0 reports
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print(f"held-out: {_summary(r)}")
-        print(f"model: {r['model_dir']}  report: {Path(r['run_dir']) / 'report.html'}  ({r['fit_seconds'] / 60:.1f} min)")
+    print_fit_result(r, _summary, args.json)
     return 0
 
 

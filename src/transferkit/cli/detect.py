@@ -80,15 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from transferkit.core.config import resolve
+    from transferkit.cli._fit import resolve_fit_config
     from transferkit.tasks.detect import fit
     from transferkit.tasks.detect.config import DetectConfig
 
-    if args.resume and not getattr(args, "config", None) and (Path(args.out) / "config.yaml").is_file():
-        args.config = str(Path(args.out) / "config.yaml")
-    cfg = resolve(DetectConfig, args)
+    cfg = resolve_fit_config(DetectConfig, args)
     run = fit(cfg, args.data, args.out, annotations=args.annotations, resume=args.resume)
     if not is_rank_zero():
         return 0  # DDP: another rank trained alongside; rank 0 reports

@@ -133,20 +133,11 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from transferkit.core import config as C
-    from transferkit.errors import TransferkitError
+    from transferkit.cli._fit import resolve_fit_config
     from transferkit.tasks.siamese.config import SiameseConfig
     from transferkit.tasks.siamese.train import fit
 
-    if args.resume:
-        saved = Path(args.out) / "config.yaml"
-        if not saved.is_file():
-            raise TransferkitError(f"Nothing to resume in {args.out}: no config.yaml (was it made by `siamese fit`?).")
-        if not getattr(args, "config", None):
-            args.config = str(saved)
-    cfg = C.resolve(SiameseConfig, args)
+    cfg = resolve_fit_config(SiameseConfig, args, required_by="siamese fit")
     run = fit(cfg, args.data, args.out, resume=args.resume)
     if not is_rank_zero():
         return 0  # DDP: another rank trained alongside; rank 0 reports
