@@ -548,3 +548,21 @@ def test_two_new_runs_started_in_the_same_instant_one_refuses(tmp_path, monkeypa
     with pytest.raises(TransferkitError, match="already holds files"):
         engine.prepare_run_dir(run, resume=False)
     assert sorted(p.name for p in run.iterdir()) == [engine.LOCK_FILE]  # the winner's claim, nothing else
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_how_to_start_again(tmp_path, monkeypatch, capsys):
+    """Row: SIGINT outside training (decoding, feature extraction): exit 130 and one line saying what the run
+    folder holds and what to do, since a plain rerun would refuse the folder and --resume has nothing to resume."""
+    from transferkit.cli.main import main
+    from transferkit.tasks.classify import train as classify_train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classify_train, "_fit_trained", interrupted)
+    data = make_class_folders(tmp_path / "d", n_per_class=3, size=16, classes=("red", "green"))
+    run = tmp_path / "run"
+    code = main(["classify", "fit", str(data), "--out", str(run), "--strategy", "finetune", *TINY_FLAGS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1].startswith("interrupted (Ctrl-C) before the first checkpoint")
+    assert str(run) in err[-1] and "remove it" in err[-1] and (run / "config.yaml").is_file()
