@@ -34,6 +34,7 @@ VARIANTS = {
     "soft": dict(attention="soft", tie_weights=False),
     "soft-tied": dict(attention="soft", tie_weights=True),
     "gru": dict(decoder="gru", attention="none", tie_weights=False),
+    "finetune": dict(attention="none", tie_weights=False, finetune_encoder=1),  # the encoder's top stage trains too
 }
 
 
