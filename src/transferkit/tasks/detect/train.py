@@ -171,17 +171,32 @@ def _detect_images(model: Any, images: Sequence[Any], sizes: Sequence[tuple[int,
     if det["method"] == "rcnn":
         return net.detect_images(images, conf=conf, iou=iou, max_det=max_det, proposals=int(det.get("proposals", 300)),
                                  crop_size=int(det.get("crop_size", 96)))
+    runner = _network_runner(model, s)
     out: list[dict[str, torch.Tensor]] = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         x = torch.stack([torch.from_numpy(np.asarray(im.resize((s, s), Image.BILINEAR)).copy()).permute(2, 0, 1)
                          for im in chunk]).float() / 255.0
+        raw = torch.from_numpy(runner(x))  # (N, A, 5 + K)
         with torch.inference_mode():
-            dets = net.detect(net(x), s, conf=conf, iou=iou, max_det=max_det)
+            dets = net.detect(raw, s, conf=conf, iou=iou, max_det=max_det)
         for d, (w, h) in zip(dets, sizes[i:i + batch_size]):
             scale = torch.tensor([w / s, h / s, w / s, h / s])
             out.append({"boxes": d["boxes"].float() * scale, "scores": d["scores"].float(), "labels": d["labels"].long()})
     return out
+
+
+def _network_runner(model: Any, size: int):
+    """The detector's network (image -> raw outputs) as a :class:`~transferkit.core.inference.Runner`: ONNX
+    Runtime on a CPU (BENCHMARKS.md, object detection: faster than eager PyTorch there), torch on a GPU.
+    Built once per loaded model and input size (the export takes a second or two)."""
+    from transferkit.core.inference import Runner
+
+    cached = model.__dict__.get("_detect_runner")
+    if cached is None or cached[0] != size:
+        cached = (size, Runner(model.module.eval(), (3, size, size)))
+        model.__dict__["_detect_runner"] = cached
+    return cached[1]
 
 
 def _evaluate_records(model: Any, records: Sequence[Any], class_names: Sequence[str]) -> tuple[dict[str, Any], list]:
