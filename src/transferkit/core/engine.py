@@ -68,8 +68,10 @@ class TrainConfig:
     seed: int = doc("random seed (data split, initialisation, augmentation)", 0)
     patience: Optional[int] = doc("early stopping: epochs without validation improvement (None: off)", None)
     device: Literal["auto", "cpu", "gpu"] = doc("where to train: auto picks a GPU when there is one", "auto")
-    devices: str = doc("how many devices (or 'auto'); with --ddp, GPUs per machine", "auto")
-    ddp: bool = doc("data-parallel training across devices (DistributedDataParallel)", False)
+    devices: str = doc("how many devices (or 'auto'); with --ddp, processes per machine: one per GPU, or CPU "
+                       "processes (gloo)", "auto")
+    ddp: bool = doc("data-parallel training across devices (DistributedDataParallel; under torchrun or srun it is "
+                    "on by itself)", False)
     num_nodes: int = doc("machines for multi-node DDP", 1)
     precision: Literal["auto", "32", "bf16", "16"] = doc(
         "numeric precision; auto = bf16 on GPUs that have it, fp32 on CPUs (measured), or $TRANSFERKIT_PRECISION", "auto")
