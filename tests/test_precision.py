@@ -136,3 +136,24 @@ def test_auto_on_cpu_follows_each_tasks_measurement(monkeypatch):
     assert SiameseConfig.CPU_BF16_MEASURED and not getattr(ClassifyConfig, "CPU_BF16_MEASURED", False)
     monkeypatch.setenv(engine.PRECISION_ENV, "32")  # the override beats the per-task measurement
     assert engine.choose_precision("auto", "cpu", cpu_bf16_measured=True) == "32-true"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_layers_train_under_forced_bf16_on_any_cpu(cell):
+    """oneDNN has no bf16 LSTM/GRU on AVX2-only CPUs: core.rnn runs them in fp32 there, so a forced
+    --precision bf16 trains seq2seq and caption on every CPU (the same parameters as nn.LSTM / nn.GRU)."""
+    import torch
+
+    from transferkit.core.rnn import GRU, LSTM
+
+    torch.manual_seed(0)
+    layer = (LSTM if cell == "lstm" else GRU)(6, 8, 1, batch_first=True)
+    assert set(layer.state_dict()) == set((torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(6, 8, 1).state_dict())
+    x = torch.randn(3, 5, 6)
+    h = torch.zeros(1, 3, 8)  # an fp32 initial state, as the decoders give it: what oneDNN rejects on AVX2
+    hx = (h, torch.zeros(1, 3, 8)) if cell == "lstm" else h
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x, hx)  # fp32 input and state (embeddings are fp32 under autocast), bf16 weights
+        loss = out.float().pow(2).mean()
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in layer.parameters())

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transferkit.core.rnn import GRU, LSTM
 from transferkit.core.vocab import PAD
 
 Cell = Literal["lstm", "gru"]
@@ -150,7 +151,7 @@ class CaptionDecoder(nn.Module):
         if attention not in ("none", "soft"):
             raise ValueError(f"unknown attention {attention!r}")
         self.cell, self.attention, self.hidden = cell, attention, hidden
-        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        rnn = LSTM if cell == "lstm" else GRU  # nn.LSTM / nn.GRU, trainable under bf16 on any CPU
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         self.feat_norm = Standardize(feat_dim)  # set from the training images' features before training
         self.drop = nn.Dropout(dropout)

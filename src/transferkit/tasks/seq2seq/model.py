@@ -30,6 +30,8 @@ from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor, nn
+
+from transferkit.core.rnn import GRU, LSTM
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from transferkit.core.decoding import select_state  # noqa: F401  (re-exported: decoding reorders states)
@@ -84,49 +86,8 @@ class DotAttention(nn.Module):
 # --------------------------------------------------------------------------- encoder
 
 
-def _float(x):
-    """Tensors, packed sequences and (h, c) tuples as float32."""
-    if x is None:
-        return None
-    if isinstance(x, nn.utils.rnn.PackedSequence):
-        return x._replace(data=x.data.float())
-    if isinstance(x, tuple):
-        return tuple(_float(t) for t in x)
-    return x.float()
-
-
-class _EmulatedBF16Guard:
-    """oneDNN has no bf16 LSTM/GRU on CPUs without native bf16 (AVX2 only: "could not create a primitive
-    descriptor"): there a forced ``--precision bf16`` runs the recurrent layer in fp32, the rest in bf16."""
-
-    def forward(self, input, hx=None):  # noqa: A002 - nn.RNNBase's own argument name
-        if input_device_is_cpu(input) and torch.is_autocast_enabled("cpu") and not _native_bf16():
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(_float(input), _float(hx))
-        return super().forward(input, hx)
-
-
-def input_device_is_cpu(x) -> bool:
-    data = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
-    return data.device.type == "cpu"
-
-
-def _native_bf16() -> bool:
-    from transferkit.core.inference import cpu_supports_bf16
-
-    return cpu_supports_bf16()
-
-
-class _LSTM(_EmulatedBF16Guard, nn.LSTM):
-    pass
-
-
-class _GRU(_EmulatedBF16Guard, nn.GRU):
-    pass
-
-
 def _rnn(cell: Cell, input_size: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False) -> nn.RNNBase:
-    cls = _LSTM if cell == "lstm" else _GRU
+    cls = LSTM if cell == "lstm" else GRU
     return cls(input_size, hidden, layers, batch_first=True, bidirectional=bidirectional,
                dropout=dropout if layers > 1 else 0.0)
 
