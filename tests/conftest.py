@@ -48,6 +48,23 @@ def transferkit_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "transferkit"]
 
 
+def kill_at_first_checkpoint(args: list[str], env: dict, run: Path, timeout: float) -> subprocess.Popen:
+    """Start ``transferkit ARGS``, SIGKILL it as soon as ``RUN/checkpoints/last.ckpt`` exists (or it ends, or
+    ``timeout`` s pass); returns the finished process (its stderr still readable)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([*transferkit_cmd(), *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run ``transferkit ARGS...`` in a subprocess; returns CompletedProcess with text output."""

@@ -177,31 +177,25 @@ def test_resume_after_kill_finishes_the_same_epochs(tmp_path, data):
     import os
     import signal
     import subprocess
-    import time
 
-    from tests.conftest import transferkit_cmd
+    from tests.conftest import kill_at_first_checkpoint, transferkit_cmd
 
     run = tmp_path / "run"
     epochs = 8
-    args = [*transferkit_cmd(), "classify", "fit", str(data), "--out", str(run), "--strategy", "finetune",
+    args = ["classify", "fit", str(data), "--out", str(run), "--strategy", "finetune",
             "--epochs", str(epochs), "--backbone", "test_efficientnet", "--weights", "none", "--image-size", "48",
             "--batch-size", "4"]
     env = {**os.environ, "TRANSFERKIT_CACHE": str(tmp_path / "cache"), **ONE_THREAD}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = kill_at_first_checkpoint(args, env, run, timeout=240)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (run / "model").exists()  # it really was interrupted
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] < epochs - 1
     # a second run into the same folder without --resume is refused, nothing overwritten
-    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    r = subprocess.run([*transferkit_cmd(), *args], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
-    r = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
+    r = subprocess.run([*transferkit_cmd(), *args, "--resume"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     epochs_logged = {int(float(row["epoch"])) for row in metric_rows(run) if row.get("val_acc")}
     assert epochs_logged == set(range(epochs))

@@ -323,12 +323,10 @@ def test_fit_resume_continues_an_interrupted_run(tmp_path):
     the run's own config.yaml (no other flag), logs every epoch, and ends with the weights of a run never cut."""
     import os
     import signal
-    import subprocess
-    import time
 
     from safetensors.torch import load_file
 
-    from tests.conftest import transferkit_cmd
+    from tests.conftest import kill_at_first_checkpoint
     from transferkit.cli.main import main
     from transferkit.tasks.detect import DetectConfig, fit
 
@@ -339,13 +337,8 @@ def test_fit_resume_continues_an_interrupted_run(tmp_path):
     for key, value in flags.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "TRANSFERKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*transferkit_cmd(), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = kill_at_first_checkpoint(args, env, run, timeout=120)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not (run / "model").exists()  # it really was cut short
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] < epochs - 1

@@ -1,8 +1,8 @@
 """Lazy exports: a package names what it offers without importing the modules that define it (PEP 562).
 
-A task package's ``__init__`` lists its public names and the submodule of each; the submodule (and
-torch, Lightning... with it) is imported on first use, so ``import transferkit.tasks.detect`` and
-``transferkit --help`` stay fast::
+A package's ``__init__`` lists its public names and the submodule of each; the submodule (and torch,
+Lightning... with it) is imported on first use, so importing the package and ``transferkit --help``
+stay fast. The caller names its own package; nothing here knows any task::
 
     __getattr__, __dir__ = lazy_exports(__name__, {"fit": "train", "build_model": "model:build_network"})
 """
