@@ -1,7 +1,8 @@
 """GAN benchmark: DCGAN on MNIST with vs without the default stabilisers, and pix2pix --edges with vs
 without the adversarial loss, each pair in one run, at equal generator steps.
 
-DCGAN: ``gan fit MNIST --kind dcgan`` twice on the same seeded 90/10 split of the MNIST test IDX:
+DCGAN: ``gan fit MNIST --kind dcgan`` twice on the same seeded 90/10 split of the MNIST test IDX, at equal
+generator steps, or with ``--equal-time`` the bare default first and the reference for the same training time:
 (a) the defaults (one-sided label smoothing 0.1, spectral norm in D, generator EMA 0.999);
 (b) the PyTorch examples' DCGAN recipe as published (batch norm in D, hard labels, no EMA, equal rates).
 Metric: FID and KID on the 84-d F6 features of a LeNet-5 trained here on the training rows' labels,
@@ -88,12 +89,21 @@ def dcgan_part(args, out: Path) -> dict:
         "PyTorch example recipe (no stabilisers)": dict(label_smoothing=0.0, spectral_norm=False, ema=0.0),
     }
     rows = {}
+    budget = None  # --equal-time: the reference trains for the default's training seconds
     for name, over in variants.items():
-        cfg = GANConfig(kind="dcgan", epochs=1000, max_steps=args.steps, batch_size=args.batch_size, width=args.width,
-                        precision="32", fid=False, seed=args.seed, threads=args.threads, **over)
+        if args.equal_time:  # the bare default (`gan fit MNIST --kind dcgan`), then the reference for as long
+            extra = dict(seed=args.seed, threads=args.threads) if not over else dict(
+                epochs=1000, time_budget=budget, fid=False, seed=args.seed, threads=args.threads)
+            cfg = GANConfig(kind="dcgan", **extra, **over)
+        else:
+            cfg = GANConfig(kind="dcgan", epochs=1000, max_steps=args.steps, batch_size=args.batch_size, width=args.width,
+                            precision="32", fid=False, seed=args.seed, threads=args.threads, **over)
         run = out / ("dcgan_default" if not over else "dcgan_plain")
+        t_fit = time.perf_counter()
         fit(cfg, args.data, run)
+        fit_s = time.perf_counter() - t_fit
         res = json.loads((run / "metrics.json").read_text())
+        budget = res["train_seconds"] / 60.0
         tm, _ = load_gan(run)
         g = torch.Generator().manual_seed(args.seed + 1)
         fake = generate(tm.module, torch.randn(len(held), cfg.latent, generator=g))
@@ -104,6 +114,7 @@ def dcgan_part(args, out: Path) -> dict:
         rows[name] = {**{k: r[k] for k in ("fid", "kid", "fid_floor", "kid_floor", "n_real", "n_fake")},
                       "confident_share": confident_share(fake_p), "confident_vs_real": confident_share(fake_p) / real_share,
                       "top_digit_share": float(digits.max()), "steps": res["steps"], "train_seconds": res["train_seconds"],
+                      "fit_seconds": round(fit_s, 1),
                       "collapse": res["collapse"], "confident_of_confident": int(conf.sum())}
         print(name, json.dumps(rows[name]), file=sys.stderr, flush=True)
     a, b = rows.values()
@@ -116,15 +127,22 @@ def pix2pix_part(args, out: Path) -> dict:
 
     rows = {}
     for name, adv in (("L1 + adversarial (default, --adv-weight 1)", 1.0), ("L1 only (--adv-weight 0)", 0.0)):
-        cfg = GANConfig(kind="pix2pix", edges=True, image_size=args.p2p_size, epochs=1000, max_steps=args.p2p_steps,
-                        batch_size=args.p2p_batch, width=args.p2p_width, adv_weight=adv, precision="32", fid=False,
-                        val_fraction=0.2, seed=args.seed, threads=args.threads)
+        if args.p2p_default:  # `gan fit PHOTOS --kind pix2pix --edges [--adv-weight 0]`, a larger held-out part
+            cfg = GANConfig(kind="pix2pix", edges=True, adv_weight=adv, fid=False, val_fraction=0.2, seed=args.seed,
+                            threads=args.threads)
+        else:
+            cfg = GANConfig(kind="pix2pix", edges=True, image_size=args.p2p_size, epochs=1000, max_steps=args.p2p_steps,
+                            batch_size=args.p2p_batch, width=args.p2p_width, adv_weight=adv, precision="32", fid=False,
+                            val_fraction=0.2, seed=args.seed, threads=args.threads)
+        t_fit = time.perf_counter()
         run = out / ("p2p_adv" if adv else "p2p_l1")
         fit(cfg, args.photos, run)
+        fit_s = time.perf_counter() - t_fit
         res = json.loads((run / "metrics.json").read_text())
         r = evaluate(run, args.photos, seed=args.seed)
         rows[name] = {**{k: r[k] for k in ("fid", "kid", "fid_floor", "n_real", "n_fake", "l1", "psnr", "ssim")},
-                      "steps": res["steps"], "train_seconds": res["train_seconds"], "collapse": res["collapse"]}
+                      "steps": res["steps"], "train_seconds": res["train_seconds"], "collapse": res["collapse"],
+                      "fit_seconds": round(fit_s, 1)}
         print(name, json.dumps(rows[name]), file=sys.stderr, flush=True)
     a, b = rows.values()
     return {"variants": rows, "fid_ratio_adv_over_l1": a["fid"] / b["fid"] if b["fid"] else None}
@@ -135,10 +153,16 @@ def main() -> None:
     ap.add_argument("data", help="MNIST IDX folder")
     ap.add_argument("--photos", help="a folder of photos for pix2pix --edges (skipped when absent)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--equal-time", action="store_true",
+                    help="dcgan: the bare `gan fit --kind dcgan` default, then the reference for the same training time "
+                         "(--steps, --width, --batch-size are then ignored)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--lenet-epochs", type=int, default=3)
+    ap.add_argument("--p2p-default", action="store_true",
+                    help="pix2pix: the default recipe (size, width, batch, epochs) with and without the adversarial term "
+                         "(--p2p-steps/-size/-batch/-width are then ignored; 20%% held out)")
     ap.add_argument("--p2p-steps", type=int, default=150)
     ap.add_argument("--p2p-size", type=int, default=64)
     ap.add_argument("--p2p-batch", type=int, default=8)

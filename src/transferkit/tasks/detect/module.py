@@ -34,6 +34,8 @@ class DetectModule(pl.LightningModule):
 
     def _losses(self, batch) -> dict[str, torch.Tensor]:
         x, targets = batch
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
         return self.net.loss(out, targets, self.size, center_radius=self.cfg.center_radius,
                              box_weight=self.cfg.box_weight), out

@@ -106,6 +106,8 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
                                train_transform(size, cfg.flip, cfg.scale_jitter, cfg.color_jitter))
         val_set = DetDataset(imgs_v, boxes_v, [val_recs[i].labels for i in keep_v])
         net, arch, pre, source = _net_for(cfg, len(ds.class_names))
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
         steps = cfg.epochs * max(1, -(-len(train_set) // cfg.batch_size))
         module = DetectModule(net, cfg, steps)
         tl = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, in_memory=True,
@@ -124,7 +126,7 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
             return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
         if monitor:
             restore_best(trainer, module)
-        net = module.net.cpu().eval()
+        net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
         info = {"epochs_run": int(trainer.current_epoch), "steps": int(trainer.global_step)}
         extra = {}
     train_s = time.perf_counter() - t0

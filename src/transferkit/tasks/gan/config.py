@@ -26,7 +26,8 @@ class GANConfig(TrainConfig):
     epochs: Optional[int] = doc("training epochs (default: 5 for dcgan, 20 for pix2pix; --time-budget can stop earlier)", None)
     max_steps: Optional[int] = doc("stop after this many generator steps (None: no limit)", None)
     time_budget: Optional[float] = doc("stop training after this many minutes (the model so far is kept)", None)
-    batch_size: int = doc("samples per batch", 64)
+    batch_size: Optional[int] = doc("samples per batch (default: 64 for dcgan; 4 for pix2pix, whose small paired "
+                                    "data sets need many steps: Isola et al. used 1 to 10)", None)
     lr: float = doc("generator learning rate (Adam)", 2e-4)
     lr_d: Optional[float] = doc("discriminator learning rate (default: --lr, or 2x --lr with --ttur: two time-scale update rule)", None)
     beta1: float = doc("Adam beta1 for both networks (Radford et al.: 0.5)", 0.5)
@@ -63,6 +64,11 @@ class GANConfig(TrainConfig):
             return self.epochs
         return 5 if self.kind == "dcgan" else 20
 
+    def resolved_batch(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 64 if self.kind == "dcgan" else 4
+
     def resolved_size(self, data_is_mnist: bool) -> int:
         if self.image_size is not None:
             return self.image_size
@@ -90,7 +96,7 @@ class GANConfig(TrainConfig):
             raise TransferkitError(f"--max-steps must be at least 1 (got {self.max_steps}).")
         if self.time_budget is not None and self.time_budget <= 0:
             raise TransferkitError(f"--time-budget must be a positive number of minutes (got {self.time_budget}).")
-        if self.batch_size < 2:
+        if self.batch_size is not None and self.batch_size < 2:
             raise TransferkitError(f"--batch-size must be at least 2 (got {self.batch_size}).")
         if self.lr <= 0 or (self.lr_d is not None and self.lr_d <= 0):
             raise TransferkitError("--lr and --lr-d must be positive.")

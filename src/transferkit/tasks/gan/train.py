@@ -244,8 +244,9 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
                 print(f"epoch {epoch + 1}: FID {r['fid']:.3f} (floor {r['fid_floor']:.3f})", file=sys.stderr, flush=True)
 
     module.epoch_end_hook = on_epoch_end
-    loader = engine.make_loader(ds, min(cfg.batch_size, len(ds)), shuffle=True, workers=0, in_memory=True,
-                                drop_last=len(ds) > cfg.batch_size, seed=cfg.seed)
+    batch = cfg.resolved_batch()
+    loader = engine.make_loader(ds, min(batch, len(ds)), shuffle=True, workers=0, in_memory=True,
+                                drop_last=len(ds) > batch, seed=cfg.seed)
     extra: dict[str, Any] = {}
     if cfg.time_budget is not None:
         extra["max_time"] = datetime.timedelta(minutes=cfg.time_budget)
