@@ -43,7 +43,7 @@ class DetectConfig(TrainConfig):
     neck_channels: int = doc("yolo: channels of the feature-pyramid neck and the prediction heads", 64)
     center_radius: float = doc("yolo: cells within this many strides of a box centre (and inside it) are positives", 2.5)
     box_weight: float = doc("yolo: weight of the GIoU box loss", 2.0)
-    channels_last: bool = doc("yolo, localize: train in channels_last memory format (1.25x faster steps measured on a "
+    channels_last: bool = doc("yolo, localize: train in channels_last memory format (1.26x faster steps measured on a "
                               "2-core AVX2 CPU, BENCHMARKS.md)", True)
     conf: float = doc("default score threshold of predict", 0.25)
     iou: float = doc("IoU threshold of non-maximum suppression", 0.5)

@@ -23,7 +23,7 @@ class GANConfig(TrainConfig):
         "side of the square images trained on (dcgan: a multiple of 4 from 16 to 128; pix2pix: a power of two "
         "from 16 to 256); default: 28 for MNIST, 32 for other dcgan data, 64 for pix2pix", None)
     grayscale: bool = doc("read image folders as grey (default: colour; MNIST and Omniglot are always grey)", False)
-    epochs: Optional[int] = doc("training epochs (default: 10 for dcgan, about 7 minutes for MNIST on a 2-core CPU; 20 for "
+    epochs: Optional[int] = doc("training epochs (default: 10 for dcgan, about 8 minutes for MNIST on a 2-core CPU; 20 for "
                                 "pix2pix; --time-budget can stop earlier)", None)
     max_steps: Optional[int] = doc("stop after this many generator steps (None: no limit)", None)
     time_budget: Optional[float] = doc("stop training after this many minutes (the model so far is kept)", None)
