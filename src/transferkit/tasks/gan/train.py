@@ -248,8 +248,9 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
     loader = engine.make_loader(ds, min(batch, len(ds)), shuffle=True, workers=0, in_memory=True,
                                 drop_last=len(ds) > batch, seed=cfg.seed)
     extra: dict[str, Any] = {}
-    if cfg.time_budget is not None:
-        extra["max_time"] = datetime.timedelta(minutes=cfg.time_budget)
+    budget = cfg.resolved_time_budget()
+    if budget is not None:
+        extra["max_time"] = datetime.timedelta(minutes=budget)
     trainer = engine.make_trainer(cfg, run_dir, monitor=None, max_epochs=epochs, partial_backward=True, **extra)
     if engine.is_rank_zero():
         snapshot("epoch_000.png")
