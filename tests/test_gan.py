@@ -109,7 +109,6 @@ def test_bad_sizes_are_refused():
         GANConfig(kind="pix2pix", image_size=48).validate()
 
 
-
 def test_time_budget_defaults_by_kind_and_zero_lifts_it():
     assert GANConfig(kind="dcgan").resolved_time_budget() == 12.0
     assert GANConfig(kind="pix2pix").resolved_time_budget() == 25.0
@@ -117,6 +116,7 @@ def test_time_budget_defaults_by_kind_and_zero_lifts_it():
     assert GANConfig(kind="dcgan", time_budget=0).resolved_time_budget() is None
     with pytest.raises(TransferkitError, match="--time-budget"):
         GANConfig(kind="dcgan", time_budget=-1).validate()
+
 
 # --------------------------------------------------------------------------- manual optimisation
 
