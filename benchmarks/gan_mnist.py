@@ -86,7 +86,9 @@ def dcgan_part(args, out: Path) -> dict:
     real_share = confident_share(real_p)
     variants = {
         "default (smoothing 0.1, spectral norm, EMA 0.999)": dict(),
-        "PyTorch example recipe (no stabilisers)": dict(label_smoothing=0.0, spectral_norm=False, ema=0.0),
+        # the examples' published recipe: batch 64, Adam 2e-4 / beta1 0.5 for both networks, batch norm in D, hard labels
+        "PyTorch example recipe (no stabilisers)": dict(label_smoothing=0.0, spectral_norm=False, ema=0.0, batch_size=64,
+                                                        lr=2e-4, lr_d=2e-4),
     }
     rows = {}
     budget = None  # --equal-time: the reference trains for the default's training seconds
@@ -96,8 +98,10 @@ def dcgan_part(args, out: Path) -> dict:
                 epochs=1000, time_budget=budget, fid=False, seed=args.seed, threads=args.threads)
             cfg = GANConfig(kind="dcgan", **extra, **over)
         else:
-            cfg = GANConfig(kind="dcgan", epochs=1000, max_steps=args.steps, batch_size=args.batch_size, width=args.width,
-                            precision="32", fid=False, time_budget=0, seed=args.seed, threads=args.threads, **over)
+            kw = dict(kind="dcgan", epochs=1000, max_steps=args.steps, width=args.width, precision="32", fid=False,
+                      time_budget=0, seed=args.seed, threads=args.threads, **over)
+            kw["batch_size"] = args.batch_size  # equal steps: both sides at --batch-size
+            cfg = GANConfig(**kw)
         run = out / ("dcgan_default" if not over else "dcgan_plain")
         t_fit = time.perf_counter()
         fit(cfg, args.data, run)

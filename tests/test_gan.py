@@ -154,6 +154,25 @@ def test_dcgan_optimisers_own_their_network_and_both_step():
     assert _changed(g0, g) and _changed(d0, d) and _changed(e0, module.g_ema)
 
 
+@pytest.mark.parametrize("classes", [0, 3])
+def test_ema_batch_norm_statistics_are_recomputed_from_the_averaged_weights(classes):
+    g = models.DCGANGenerator(8, 1, 16, 4, num_classes=classes)
+    module = DCGANModule(g, models.DCGANDiscriminator(1, 16, 4, num_classes=classes), ema=0.9)
+    bn = next(m for m in module.g_ema.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(100.0)  # stale statistics, as borrowed from the live generator
+    bn.running_var.fill_(100.0)
+    seen = []
+    hook = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    module.g_ema.eval()
+    module.recalibrate_ema(batches=3, batch=8)
+    hook.remove()
+    x = torch.cat(seen)  # (24, C, s, s): every activation the statistics were computed from
+    assert len(seen) == 3 and x.shape[0] == 24
+    assert torch.allclose(bn.running_mean, x.mean((0, 2, 3)), atol=1e-5)
+    per_batch = torch.stack([b.var((0, 2, 3), unbiased=True) for b in seen])  # the average of the batches' variances
+    assert torch.allclose(bn.running_var, per_batch.mean(0), rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1 and not module.g_ema.training  # momentum and mode restored
+
 def test_pix2pix_steps_both_and_l1_only_leaves_d_alone():
     for adv in (1.0, 0.0):
         g = models.UNetGenerator(1, 3, 16, 4)

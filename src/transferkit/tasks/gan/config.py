@@ -30,7 +30,8 @@ class GANConfig(TrainConfig):
         "stop training after this many minutes, the model so far kept (default: 12 for dcgan, 25 for pix2pix, so a "
         "no-options run ends within 15 / 30 minutes on a 2-core CPU, and a faster host trains more steps; 0: no limit)",
         None)
-    batch_size: Optional[int] = doc("samples per batch (default: 64 for dcgan; 4 for pix2pix, whose small paired "
+    batch_size: Optional[int] = doc("samples per batch (default: 16 for dcgan, whose smaller steps reach a lower FID "
+                                    "in the same minutes than the usual 64, measured; 4 for pix2pix, whose small paired "
                                     "data sets need many steps: Isola et al. used 1 to 10)", None)
     lr: float = doc("generator learning rate (Adam)", 2e-4)
     lr_d: Optional[float] = doc("discriminator learning rate (default: --lr, or 2x --lr with --ttur: two time-scale update rule)", None)
@@ -77,7 +78,7 @@ class GANConfig(TrainConfig):
     def resolved_batch(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 64 if self.kind == "dcgan" else 4
+        return 16 if self.kind == "dcgan" else 4
 
     def resolved_size(self, data_is_mnist: bool) -> int:
         if self.image_size is not None:
