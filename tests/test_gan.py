@@ -173,6 +173,7 @@ def test_ema_batch_norm_statistics_are_recomputed_from_the_averaged_weights(clas
     assert torch.allclose(bn.running_var, per_batch.mean(0), rtol=1e-4, atol=1e-6)
     assert bn.momentum == 0.1 and not module.g_ema.training  # momentum and mode restored
 
+
 def test_pix2pix_steps_both_and_l1_only_leaves_d_alone():
     for adv in (1.0, 0.0):
         g = models.UNetGenerator(1, 3, 16, 4)

@@ -36,6 +36,32 @@ def binary_entropy(p: float) -> float:
     return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(g: torch.nn.Module, batches: int = 100, batch: int = 64, seed: int = 0) -> None:
+    """Set a DCGAN generator's batch-norm running statistics to the plain average over ``batches`` batches of
+    random z (and random labels, for a conditional one) through its weights: train-mode batch norm, no gradients;
+    its momentum and mode are restored afterwards."""
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    was = g.training
+    g.train()
+    device = next(g.parameters()).device
+    rng = torch.Generator(device="cpu").manual_seed(seed)
+    k = getattr(g, "num_classes", 0)
+    for _ in range(batches):
+        z = torch.randn(batch, g.latent, generator=rng).to(device)
+        labels = torch.randint(0, k, (batch,), generator=rng).to(device) if k else None
+        g(z, labels)
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    g.train(was)
+
+
 class _GANBase(pl.LightningModule):
     def __init__(self, generator: torch.nn.Module, discriminator: torch.nn.Module, lr_g: float, lr_d: float,
                  beta1: float, ema: float = 0.0, max_steps: int | None = None, collapse_steps: int = 200):
@@ -79,37 +105,15 @@ class _GANBase(pl.LightningModule):
         for be, b in zip(self.g_ema.buffers(), self.generator.buffers()):
             be.copy_(b)
 
-    @torch.no_grad()
     def recalibrate_ema(self, batches: int = 100, batch: int = 64, seed: int = 0) -> None:
         """Recompute the EMA generator's batch-norm statistics from its own activations.
 
         During training the averaged copy borrows the live generator's running statistics (``update_ema``),
-        which describe the live weights' activations, not the averaged weights'.  At the end this replaces
-        them with the plain average over ``batches`` batches of random z through the averaged weights
-        (train-mode batch norm, no gradients).  Only for DCGANs: pix2pix's batch norm sees real inputs.
+        which describe the live weights' activations, not the averaged weights'.  At the end they are
+        replaced by :func:`recalibrate_batch_norm`'s.  Only for DCGANs: pix2pix's batch norm sees real inputs.
         """
-        g = self.g_ema
-        if g is None or not hasattr(g, "latent"):
-            return
-        norms = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        saved = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches below
-        was = g.training
-        g.train()
-        device = next(g.parameters()).device
-        rng = torch.Generator(device="cpu").manual_seed(seed)
-        k = getattr(g, "num_classes", 0)
-        for _ in range(batches):
-            z = torch.randn(batch, g.latent, generator=rng).to(device)
-            labels = torch.randint(0, k, (batch,), generator=rng).to(device) if k else None
-            g(z, labels)
-        for m, mom in zip(norms, saved):
-            m.momentum = mom
-        g.train(was)
+        if self.g_ema is not None and hasattr(self.g_ema, "latent"):
+            recalibrate_batch_norm(self.g_ema, batches, batch, seed)
 
     def watch(self, loss_d: float, floor: float) -> None:
         """Collapse watch: the discriminator's loss near its minimum for many steps in a row."""
