@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--methods", default="yolo,localize", help="comma-separated: yolo, localize, rcnn")
     ap.add_argument("--time-budget", type=float, default=10.0, help="training minutes per method (default: 10)")
-    ap.add_argument("--epochs", type=int, default=40, help="epoch cap of yolo/localize (default: 40)")
+    ap.add_argument("--epochs", type=int, default=None, help="epoch cap of yolo/localize (default: the config's)")
     ap.add_argument("--image-size", type=int, default=320)
     ap.add_argument("--backbone-lr", type=float, default=None, help="backbone learning-rate factor (0 freezes; default: the config's)")
     ap.add_argument("--proposals", type=int, default=None, help="rcnn: selective-search proposals per image (default: the config's)")
@@ -125,7 +125,9 @@ def main() -> None:
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         extra = {k: v for k, v in (("backbone_lr", args.backbone_lr), ("proposals", args.proposals),
                                    ("crop_size", args.crop_size)) if v is not None}
-        cfg = DetectConfig(method=method, image_size=args.image_size, epochs=args.epochs, time_budget=args.time_budget,
+        if args.epochs is not None:
+            extra["epochs"] = args.epochs
+        cfg = DetectConfig(method=method, image_size=args.image_size, time_budget=args.time_budget,
                            seed=args.seed, val_fraction=args.val_fraction, **extra)
         run = fit(cfg, args.data, out / method)
         res = json.loads((run / "metrics.json").read_text())
