@@ -118,6 +118,11 @@ def test_time_budget_defaults_by_kind_and_zero_lifts_it():
         GANConfig(kind="dcgan", time_budget=-1).validate()
 
 
+def test_generator_ema_is_on_by_default_for_both_kinds_and_zero_turns_it_off():
+    assert GANConfig(kind="dcgan").ema_decay == GANConfig(kind="pix2pix").ema_decay == 0.999
+    assert GANConfig(kind="pix2pix", ema=0).ema_decay == 0.0
+
+
 # --------------------------------------------------------------------------- manual optimisation
 
 
