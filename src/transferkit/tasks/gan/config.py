@@ -43,7 +43,8 @@ class GANConfig(TrainConfig):
     spectral_norm: bool = doc("spectral normalisation of the discriminator's layers (replaces its batch norm)", True)
     ttur: bool = doc("two time-scale update rule: the discriminator learns 2x faster unless --lr-d is given", False)
     ema: Optional[float] = doc("decay of the exponential moving average of the generator used for samples and the saved "
-                               "model (0: off; default 0.999, which gave a lower FID for both kinds at their default settings, measured)", None)
+                               "model (0: off; default 0.999, which gave a lower FID for both kinds at their default "
+                               "settings, measured)", None)
     # pix2pix
     adv_weight: float = doc("pix2pix: weight of the conditional GAN loss (0: the plain L1-trained U-Net)", 1.0)
     l1_weight: float = doc("pix2pix: weight of the L1 loss to the target (Isola et al.: 100)", 100.0)
