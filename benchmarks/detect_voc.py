@@ -123,10 +123,8 @@ def main() -> None:
     print(f"{args.data}: {ds.summary()}; held out {len(va)} images (seed {args.seed})")
     rows = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        extra = {k: v for k, v in (("backbone_lr", args.backbone_lr), ("proposals", args.proposals),
-                                   ("crop_size", args.crop_size)) if v is not None}
-        if args.epochs is not None:
-            extra["epochs"] = args.epochs
+        extra = {k: v for k, v in (("epochs", args.epochs), ("backbone_lr", args.backbone_lr),
+                                   ("proposals", args.proposals), ("crop_size", args.crop_size)) if v is not None}
         cfg = DetectConfig(method=method, image_size=args.image_size, time_budget=args.time_budget,
                            seed=args.seed, val_fraction=args.val_fraction, **extra)
         run = fit(cfg, args.data, out / method)
