@@ -179,6 +179,30 @@ def test_ema_batch_norm_statistics_are_recomputed_from_the_averaged_weights(clas
     assert bn.momentum == 0.1 and not module.g_ema.training  # momentum and mode restored
 
 
+def test_pix2pix_ema_batch_norm_statistics_come_from_the_given_inputs_with_dropout_off():
+    torch.manual_seed(0)
+    g = models.UNetGenerator(1, 3, 32, 4)  # 32 px: deep enough for dropout
+    module = Pix2PixModule(g, models.PatchDiscriminator(4, 4, models.patch_layers(32)), ema=0.9)
+    module.recalibrate_ema()  # no inputs: pix2pix's statistics are left as they are
+    bn = next(m for m in module.g_ema.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.all(bn.running_mean == 0)
+    drop = [m for m in module.g_ema.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drop
+    seen, modes = [], []
+    hook = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    hooks = [m.register_forward_hook(lambda m, i, o: modes.append(m.training)) for m in drop]
+    inputs = torch.rand(20, 1, 32, 32) * 2 - 1
+    module.recalibrate_ema(batch=8, inputs=inputs)
+    hook.remove()
+    for h in hooks:
+        h.remove()
+    assert [len(b) for b in seen] == [8, 8, 4]  # every input once, in batches
+    per_batch = torch.stack([b.mean((0, 2, 3)) for b in seen])  # the average of the batches' means
+    assert torch.allclose(bn.running_mean, per_batch.mean(0), atol=1e-6)
+    assert modes and not any(modes)  # dropout off while the statistics are taken
+    assert module.g_ema.training  # mode restored (the module was built in train mode)
+
+
 def test_pix2pix_steps_both_and_l1_only_leaves_d_alone():
     for adv in (1.0, 0.0):
         g = models.UNetGenerator(1, 3, 16, 4)

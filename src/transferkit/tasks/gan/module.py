@@ -37,10 +37,14 @@ def binary_entropy(p: float) -> float:
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(g: torch.nn.Module, batches: int = 100, batch: int = 64, seed: int = 0) -> None:
-    """Set a DCGAN generator's batch-norm running statistics to the plain average over ``batches`` batches of
-    random z (and random labels, for a conditional one) through its weights: train-mode batch norm, no gradients;
-    its momentum and mode are restored afterwards."""
+def recalibrate_batch_norm(g: torch.nn.Module, batches: int = 100, batch: int = 64, seed: int = 0,
+                           inputs: torch.Tensor | None = None) -> None:
+    """Set a generator's batch-norm running statistics to the plain average over ``batches`` batches through its
+    weights: train-mode batch norm, dropout off, no gradients; its momentum and mode are restored afterwards.
+
+    A DCGAN's batches are random z (and random labels, for a conditional one); a pix2pix U-Net's are ``inputs``
+    (N, C, H, W), its real training inputs, in order (at most ``batches`` x ``batch`` of them).
+    """
     norms = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -50,13 +54,20 @@ def recalibrate_batch_norm(g: torch.nn.Module, batches: int = 100, batch: int = 
         m.momentum = None  # a cumulative average over the batches below
     was = g.training
     g.train()
+    for m in g.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()  # the statistics of the network as it runs at test time (dropout off)
     device = next(g.parameters()).device
-    rng = torch.Generator(device="cpu").manual_seed(seed)
-    k = getattr(g, "num_classes", 0)
-    for _ in range(batches):
-        z = torch.randn(batch, g.latent, generator=rng).to(device)
-        labels = torch.randint(0, k, (batch,), generator=rng).to(device) if k else None
-        g(z, labels)
+    if inputs is not None:
+        for i in range(0, min(len(inputs), batches * batch), batch):
+            g(inputs[i:i + batch].to(device))
+    else:
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        k = getattr(g, "num_classes", 0)
+        for _ in range(batches):
+            z = torch.randn(batch, g.latent, generator=rng).to(device)
+            labels = torch.randint(0, k, (batch,), generator=rng).to(device) if k else None
+            g(z, labels)
     for m, mom in zip(norms, saved):
         m.momentum = mom
     g.train(was)
@@ -105,15 +116,21 @@ class _GANBase(pl.LightningModule):
         for be, b in zip(self.g_ema.buffers(), self.generator.buffers()):
             be.copy_(b)
 
-    def recalibrate_ema(self, batches: int = 100, batch: int = 64, seed: int = 0) -> None:
+    def recalibrate_ema(self, batches: int = 100, batch: int = 64, seed: int = 0,
+                        inputs: torch.Tensor | None = None) -> None:
         """Recompute the EMA generator's batch-norm statistics from its own activations.
 
         During training the averaged copy borrows the live generator's running statistics (``update_ema``),
         which describe the live weights' activations, not the averaged weights'.  At the end they are
-        replaced by :func:`recalibrate_batch_norm`'s.  Only for DCGANs: pix2pix's batch norm sees real inputs.
+        replaced by :func:`recalibrate_batch_norm`'s: over random z for a DCGAN, over ``inputs`` (the real
+        training inputs) for pix2pix, which is left as it is without them.
         """
-        if self.g_ema is not None and hasattr(self.g_ema, "latent"):
+        if self.g_ema is None:
+            return
+        if hasattr(self.g_ema, "latent"):
             recalibrate_batch_norm(self.g_ema, batches, batch, seed)
+        elif inputs is not None:
+            recalibrate_batch_norm(self.g_ema, batches, batch, seed, inputs=inputs)
 
     def watch(self, loss_d: float, floor: float) -> None:
         """Collapse watch: the discriminator's loss near its minimum for many steps in a row."""

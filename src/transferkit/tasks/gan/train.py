@@ -260,8 +260,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         return run_dir  # DDP: the other ranks trained alongside; rank 0 evaluates and writes the results
     wall = time.perf_counter() - started
 
-    if d.kind == "dcgan":  # the averaged generator's own batch-norm statistics (lower FID: BENCHMARKS.md)
-        module.recalibrate_ema(seed=cfg.seed)
+    # the averaged generator's own batch-norm statistics (lower FID for both kinds: BENCHMARKS.md)
+    module.recalibrate_ema(seed=cfg.seed, inputs=d.a[d.train] if d.kind == "pix2pix" else None)
     sampler = module.sampler()
     sampler.eval()
     snapshot("final.png")
