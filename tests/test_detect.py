@@ -376,3 +376,30 @@ def test_yolo_finds_bright_squares_far_above_an_untrained_net(tmp_path):
     # measured here: trained 0.51 mAP@0.5, mean IoU 0.70, recall 0.66; untrained 0.016 on a held-out split
     assert base["map50"] < 0.1 and res["map50"] > 0.25, (base["map50"], res["map50"])
     assert res["mean_iou"] > 0.55 and res["recall"] > 0.45, res
+
+
+def test_freeze_stages_keeps_the_early_backbone_out_of_the_gradient_and_the_optimiser():
+    from transferkit.tasks.detect import DetectConfig
+    from transferkit.tasks.detect.module import DetectModule
+    from transferkit.tasks.detect.train import _net_for
+
+    cfg = DetectConfig(**{**TINY, "freeze_stages": 2})
+    net = _net_for(cfg, 3)[0]
+    info = net.body.feature_info.info
+    frozen = {n for n, p in net.body.named_parameters() if not p.requires_grad}
+    stem = [n for n in (n for n, _ in net.body.named_parameters()) if not n.startswith("blocks.")]
+    assert frozen and set(stem) <= frozen  # the stem ...
+    stage2 = info[1]["module"]  # ... and everything up to the end of stage 2 (stride 4)
+    assert all(n.startswith(("blocks.0.", stage2 + ".")) or n in stem for n in frozen)
+    assert any(n.startswith(stage2 + ".") for n in frozen)
+    assert not any(n.startswith(info[2]["module"] + ".") for n in frozen)
+    x = torch.rand(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    net.loss(net(x), targets, 64)["loss"].backward()
+    for n, p in net.body.named_parameters():
+        assert (p.grad is None) == (n in frozen), n
+    opt = DetectModule(net, cfg, total_steps=10).configure_optimizers()["optimizer"]
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for n, p in net.body.named_parameters() if n in frozen)
+    with pytest.raises(TransferkitError, match="feature stages"):
+        _net_for(DetectConfig(**{**TINY, "freeze_stages": 9}), 3)

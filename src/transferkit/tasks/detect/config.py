@@ -35,6 +35,9 @@ class DetectConfig(TrainConfig):
     batch_size: int = doc("images per batch", 8)
     lr: float = doc("peak learning rate of the new layers (AdamW, cosine schedule)", 2e-3)
     backbone_lr: float = doc("learning-rate factor of the pretrained backbone (0 freezes it)", 0.1)
+    freeze_stages: int = doc("yolo, localize: keep the backbone's stem and its first N stages (stage 1 ends at stride 2, "
+                             "stage 2 at stride 4, ...) frozen: generic early filters, and no backward pass through "
+                             "the largest feature maps (faster steps)", 0)
     weight_decay: float = doc("AdamW weight decay", 1e-4)
     time_budget: Optional[float] = doc(
         "stop training after this many minutes (yolo, localize; none: no limit); the default keeps a no-options run "
@@ -62,6 +65,7 @@ class DetectConfig(TrainConfig):
         require(self, "image_size", lambda v: v >= 32 and v % 32 == 0, "be a multiple of 32, at least 32", got=True)
         require(self, "val_fraction", lambda v: 0.0 <= v < 1.0, "be in [0, 1)", got=True)
         require(self, ("epochs", "batch_size"), lambda v: v >= 1, "be at least 1")
+        require(self, "freeze_stages", lambda v: v >= 0, "be 0 or more", got=True)
         require(self, "time_budget", lambda v: v > 0, "be a positive number of minutes", got=True)
         require(self, "conf", lambda v: 0.0 <= v <= 1.0, "be in [0, 1]")
         require(self, "iou", lambda v: 0.0 < v <= 1.0, "be in (0, 1]")

@@ -289,6 +289,35 @@ class Localizer(FrozenBNBody):
         return res
 
 
+def freeze_stages(body: nn.Module, n: int) -> int:
+    """Freeze a timm backbone's parameters up to the end of its ``n``-th feature stage; returns how many tensors.
+
+    The stages are the model's ``feature_info`` (stride 2, 4, 8, ...): freezing the first two keeps the stem and the
+    stride-4 blocks as pretrained, and the backward pass then stops before the largest activation maps.
+    """
+    from transferkit.errors import TransferkitError
+
+    if n <= 0:
+        return 0
+    info = getattr(body.feature_info, "info", body.feature_info)  # features_only: FeatureInfo; a classifier: list
+    if n > len(info):
+        raise TransferkitError(f"--freeze-stages {n}: this backbone has {len(info)} feature stages.")
+    names = [name for name, _ in body.named_modules()]
+    target = info[n - 1]["module"]
+    if target not in names:
+        target = target.replace(".", "_")  # timm's FeatureListNet flattens nested names
+    if target not in names:
+        raise TransferkitError(f"--freeze-stages: the backbone has no module {info[n - 1]['module']!r}.")
+    start = names.index(target)
+    end = max(i for i, name in enumerate(names) if i >= start and (name == target or name.startswith(target + ".")))
+    count = 0
+    for module in [m for _, m in body.named_modules()][: end + 1]:
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(False)
+            count += 1
+    return count
+
+
 def load_pretrained_body(net: nn.Module, name: str, weights: str) -> tuple[Any, str]:
     """Copy pretrained backbone weights into ``net.body``; returns (Preprocessing, source text).
 

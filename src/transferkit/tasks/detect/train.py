@@ -25,7 +25,7 @@ TASK = "detect"
 def _net_for(cfg: DetectConfig, num_classes: int):
     """(untrained network with the pretrained backbone loaded, model config dict)."""
     from transferkit.core.backbones import _entry_for
-    from transferkit.tasks.detect.model import Localizer, YoloDetector, load_pretrained_body
+    from transferkit.tasks.detect.model import Localizer, YoloDetector, freeze_stages, load_pretrained_body
 
     entry = _entry_for(cfg.backbone)
     pre = entry.preprocessing
@@ -39,6 +39,7 @@ def _net_for(cfg: DetectConfig, num_classes: int):
     pre, source = load_pretrained_body(net, cfg.backbone, cfg.weights)
     net.norm.mean.copy_(torch.tensor(list(pre.mean)).view(1, -1, 1, 1))
     net.norm.std.copy_(torch.tensor(list(pre.std)).view(1, -1, 1, 1))
+    freeze_stages(net.body, cfg.freeze_stages)
     return net, arch, pre, source
 
 
