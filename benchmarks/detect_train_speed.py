@@ -20,7 +20,8 @@ import time
 import torch
 
 
-def seconds_per_step(channels_last: bool, size: int, batch: int, steps: int, classes: int = 3, freeze: int = 0) -> float:
+def seconds_per_step(channels_last: bool, size: int, batch: int, steps: int, classes: int = 3,
+                     freeze: int = 0) -> float:
     from transferkit.tasks.detect.model import YoloDetector, freeze_stages
 
     torch.manual_seed(0)

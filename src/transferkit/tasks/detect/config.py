@@ -35,10 +35,10 @@ class DetectConfig(TrainConfig):
     batch_size: int = doc("images per batch", 8)
     lr: float = doc("peak learning rate of the new layers (AdamW, cosine schedule)", 2e-3)
     backbone_lr: float = doc("learning-rate factor of the pretrained backbone (0 freezes it)", 0.1)
-    freeze_stages: int = doc("yolo, localize: keep the backbone's stem and its first N stages (stage 1 ends at stride 2, "
-                             "stage 2 at stride 4, ...) frozen: generic early filters, and no backward pass through "
-                             "the largest feature maps (3: 1.5x faster steps and a higher BCCD mAP at equal time, measured once: "
-                             "BENCHMARKS.md)", 0)
+    freeze_stages: int = doc(
+        "yolo, localize: keep the backbone's stem and its first N stages (stage 1 ends at stride 2, stage 2 at "
+        "stride 4, ...) frozen: generic early filters, and no backward pass through the largest feature maps "
+        "(3: 1.5x faster steps and a higher BCCD mAP at equal time, measured once: BENCHMARKS.md)", 0)
     weight_decay: float = doc("AdamW weight decay", 1e-4)
     time_budget: Optional[float] = doc(
         "stop training after this many minutes (yolo, localize; none: no limit); the default keeps a no-options run "
