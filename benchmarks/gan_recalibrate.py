@@ -23,8 +23,7 @@ import torch
 
 def recalibrated_copy(run: Path, data: str, out: Path) -> Path:
     """A copy of RUN (config, split, model) whose generator has the recomputed statistics."""
-    import yaml
-
+    from transferkit.core.config import load
     from transferkit.core.modeldir import save_model_dir
     from transferkit.tasks.gan import GANConfig
     from transferkit.tasks.gan.module import recalibrate_batch_norm
@@ -36,8 +35,7 @@ def recalibrated_copy(run: Path, data: str, out: Path) -> Path:
     for name in ("config.yaml", "split.json"):
         shutil.copy(run / name, out / name)
     tm, _ = load_gan(run)
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = GANConfig(**{k: v for k, v in saved.items() if k in GANConfig.__dataclass_fields__})
+    cfg = GANConfig(**load(GANConfig, run / "config.yaml"))
     d = prepare_data(cfg, data)  # the same seeded split as the run's fit
     gen = tm.module
     recalibrate_batch_norm(gen, inputs=d.a[d.train])

@@ -387,7 +387,7 @@ def test_freeze_stages_keeps_the_early_backbone_out_of_the_gradient_and_the_opti
     net = _net_for(cfg, 3)[0]
     info = net.body.feature_info.info
     frozen = {n for n, p in net.body.named_parameters() if not p.requires_grad}
-    stem = [n for n in (n for n, _ in net.body.named_parameters()) if not n.startswith("blocks.")]
+    stem = [n for n, _ in net.body.named_parameters() if not n.startswith("blocks.")]
     assert frozen and set(stem) <= frozen  # the stem ...
     stage2 = info[1]["module"]  # ... and everything up to the end of stage 2 (stride 4)
     assert all(n.startswith(("blocks.0.", stage2 + ".")) or n in stem for n in frozen)

@@ -302,7 +302,8 @@ def freeze_stages(body: nn.Module, n: int) -> int:
     info = getattr(body.feature_info, "info", body.feature_info)  # features_only: FeatureInfo; a classifier: list
     if n > len(info):
         raise TransferkitError(f"--freeze-stages {n}: this backbone has {len(info)} feature stages.")
-    names = [name for name, _ in body.named_modules()]
+    modules = list(body.named_modules())  # registration order: the stem first, then stage after stage
+    names = [name for name, _ in modules]
     target = info[n - 1]["module"]
     if target not in names:
         target = target.replace(".", "_")  # timm's FeatureListNet flattens nested names
@@ -311,7 +312,7 @@ def freeze_stages(body: nn.Module, n: int) -> int:
     start = names.index(target)
     end = max(i for i, name in enumerate(names) if i >= start and (name == target or name.startswith(target + ".")))
     count = 0
-    for module in [m for _, m in body.named_modules()][: end + 1]:
+    for _, module in modules[: end + 1]:
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
             count += 1
