@@ -213,6 +213,7 @@ def test_fit_lowers_the_loss_and_writes_the_run(yolo_run):
     res = json.loads((run / "metrics.json").read_text())
     assert res["n_images"] == 6 and 0.0 <= res["map50"] <= 1.0 and set(res["per_class"]) <= {"red", "blue"}
     assert "val_boxes.png" in (run / "report.html").read_text()
+    assert "freeze_stages: 0" in (run / "config.yaml").read_text()  # the resolved default (weights none), not null
 
 
 def test_saved_detector_reloads_in_a_fresh_process(yolo_run, cli, capsys):
@@ -403,3 +404,14 @@ def test_freeze_stages_keeps_the_early_backbone_out_of_the_gradient_and_the_opti
     assert not any(id(p) in in_opt for n, p in net.body.named_parameters() if n in frozen)
     with pytest.raises(TransferkitError, match="feature stages"):
         _net_for(DetectConfig(**{**TINY, "freeze_stages": 9}), 3)
+
+
+def test_freeze_stages_default_is_three_over_trained_weights_and_zero_over_random_ones():
+    from transferkit.tasks.detect import DetectConfig
+
+    assert DetectConfig().freeze_stages is None and DetectConfig().stages_to_freeze() == 3  # yolo, pretrained
+    assert DetectConfig(weights="w.safetensors").stages_to_freeze() == 3
+    assert DetectConfig(weights="none").stages_to_freeze() == 0  # random filters are worth training
+    assert DetectConfig(method="localize").stages_to_freeze() == 0
+    assert DetectConfig(weights="none", freeze_stages=2).stages_to_freeze() == 2  # an explicit value wins
+    assert DetectConfig(freeze_stages=0).stages_to_freeze() == 0

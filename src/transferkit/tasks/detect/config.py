@@ -35,10 +35,11 @@ class DetectConfig(TrainConfig):
     batch_size: int = doc("images per batch", 8)
     lr: float = doc("peak learning rate of the new layers (AdamW, cosine schedule)", 2e-3)
     backbone_lr: float = doc("learning-rate factor of the pretrained backbone (0 freezes it)", 0.1)
-    freeze_stages: int = doc(
-        "yolo, localize: keep the backbone's stem and its first N stages (stage 1 ends at stride 2, stage 2 at "
-        "stride 4, ...) frozen: generic early filters, and no backward pass through the largest feature maps "
-        "(3: 1.5x faster steps and a higher BCCD mAP at equal time, measured once: BENCHMARKS.md)", 0)
+    freeze_stages: Optional[int] = doc(
+        "keep the backbone's stem and its first N stages (stage 1 ends at stride 2, stage 2 at stride 4, ...) "
+        "frozen: generic early filters, and no backward pass through the largest feature maps; none (default): 3 "
+        "for yolo over pretrained weights or a weights file (1.5x faster steps and a higher BCCD mAP at equal time, "
+        "BENCHMARKS.md), 0 for localize and for --weights none (random filters are worth training)", None)
     weight_decay: float = doc("AdamW weight decay", 1e-4)
     time_budget: Optional[float] = doc(
         "stop training after this many minutes (yolo, localize; none: no limit); the default keeps a no-options run "
@@ -70,3 +71,9 @@ class DetectConfig(TrainConfig):
         require(self, "time_budget", lambda v: v > 0, "be a positive number of minutes", got=True)
         require(self, "conf", lambda v: 0.0 <= v <= 1.0, "be in [0, 1]")
         require(self, "iou", lambda v: 0.0 < v <= 1.0, "be in (0, 1]")
+
+    def stages_to_freeze(self) -> int:
+        """``freeze_stages`` with ``None`` resolved: 3 for yolo over trained weights, else 0 (see the field)."""
+        if self.freeze_stages is not None:
+            return int(self.freeze_stages)
+        return 3 if self.method == "yolo" and str(self.weights).lower() != "none" else 0

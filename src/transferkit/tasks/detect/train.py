@@ -7,6 +7,7 @@ directory: ``config.json`` + ``model.safetensors``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ def _net_for(cfg: DetectConfig, num_classes: int):
     pre, source = load_pretrained_body(net, cfg.backbone, cfg.weights)
     net.norm.mean.copy_(torch.tensor(list(pre.mean)).view(1, -1, 1, 1))
     net.norm.std.copy_(torch.tensor(list(pre.std)).view(1, -1, 1, 1))
-    freeze_stages(net.body, cfg.freeze_stages)
+    freeze_stages(net.body, cfg.stages_to_freeze())
     return net, arch, pre, source
 
 
@@ -73,6 +74,8 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
 
     if hasattr(cfg, "validate"):
         cfg.validate()
+    if cfg.method != "rcnn":  # config.yaml records the stages actually frozen
+        cfg = dataclasses.replace(cfg, freeze_stages=cfg.stages_to_freeze())
     ds = read_dataset(data, annotations)
     print(f"data: {ds.summary()}", file=sys.stderr)
     if ds.n_boxes == 0:
