@@ -91,6 +91,39 @@ def test_dcgan_shapes(size, channels):
     assert d(x, y).shape == (2,)
 
 
+@pytest.mark.parametrize("size", [16, 28])
+def test_dcgan_blocks_add_depth_at_every_scale_and_rebuild_from_the_config(size):
+    g0, g1 = models.DCGANGenerator(10, 1, size, width=4), models.DCGANGenerator(10, 1, size, width=4, blocks=2)
+    d1 = models.DCGANDiscriminator(1, size, width=4, spectral_norm=True, blocks=2)
+    convs = lambda m: sum(isinstance(x, torch.nn.Conv2d) for x in m.modules())  # noqa: E731
+    n, _ = models.dcgan_plan(size)
+    assert convs(g1) == convs(g0) + 2 * n  # 2 per scale: after the projection and after each inner up-sampling
+    x = g1(torch.randn(3, 10))
+    assert x.shape == (3, 1, size, size)
+    d1(x).sum().backward()  # every parameter of both networks gets a gradient
+    assert all(p.grad is not None for p in [*g1.parameters(), *d1.parameters()])
+    conf = {"architecture": "dcgan", "latent": 10, "channels": 1, "image_size": size, "width": 4, "blocks": 2}
+    rebuilt = models.build_generator(conf)
+    rebuilt.load_state_dict(g1.state_dict())  # same layers, same names
+    assert models.build_generator({**conf, "blocks": 0}).state_dict().keys() == g0.state_dict().keys()  # older models
+
+
+def test_hinge_loss_values_and_both_networks_step():
+    g, d = models.DCGANGenerator(8, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4, spectral_norm=True)
+    module = DCGANModule(g, d, loss="hinge")
+    # real logits 2, 0 -> max(0, 1 - D) = 0, 1; fake logits -2, 0 -> max(0, 1 + D) = 0, 1
+    assert float(module.d_loss(torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.0]))) == pytest.approx(1.0)
+    assert float(module.g_loss(torch.tensor([1.0, 3.0]))) == pytest.approx(-2.0)
+    assert module.d_floor == 0.0
+    g0, d0 = _params(g), _params(d)
+    _run_steps(module, torch.utils.data.TensorDataset(torch.rand(8, 1, 16, 16) * 2 - 1, torch.zeros(8, dtype=torch.long)))
+    assert module.gen_steps == 2 and _changed(g0, g) and _changed(d0, d)
+    with pytest.raises(TransferkitError, match="--kind dcgan"):
+        GANConfig(kind="pix2pix", loss="hinge").validate()
+    with pytest.raises(TransferkitError, match="--blocks"):
+        GANConfig(blocks=-1).validate()
+
+
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_pix2pix_shapes(size):
     g = models.UNetGenerator(1, 3, size, width=4)

@@ -38,6 +38,11 @@ class GANConfig(TrainConfig):
     beta1: float = doc("Adam beta1 for both networks (Radford et al.: 0.5)", 0.5)
     latent: int = doc("dcgan: size of the random vector z", 100)
     width: int = doc("channels of the networks' widest-but-one layer scale: generator/discriminator base width (ngf = ndf)", 64)
+    blocks: int = doc("dcgan: extra stride-1 3x3 convolution layers at every scale of both networks (0: Radford et "
+                      "al.'s plain stack of strided layers)", 0)
+    loss: Literal["bce", "hinge"] = doc(
+        "dcgan: bce (the paper's cross-entropy, non-saturating for the generator) or hinge (Miyato et al.'s "
+        "spectral-norm GAN: the discriminator's max(0, 1 -+ D), the generator's -D; no label smoothing)", "bce")
     conditional: bool = doc("dcgan: class-conditional (one-hot labels into both networks), from class folders or MNIST labels", False)
     label_smoothing: float = doc("one-sided label smoothing: the discriminator's target for real images is 1 - this (0: off)", 0.1)
     spectral_norm: bool = doc("spectral normalisation of the discriminator's layers (replaces its batch norm)", True)
@@ -114,6 +119,8 @@ class GANConfig(TrainConfig):
             raise TransferkitError(f"--beta1 must be in [0, 1) (got {self.beta1}).")
         if self.latent < 1 or self.width < 4:
             raise TransferkitError("--latent must be at least 1 and --width at least 4.")
+        if self.blocks < 0:
+            raise TransferkitError(f"--blocks must not be negative (got {self.blocks}).")
         if not 0 <= self.label_smoothing < 0.5:
             raise TransferkitError(f"--label-smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
         if self.ema is not None and not 0 <= self.ema < 1:
@@ -128,6 +135,8 @@ class GANConfig(TrainConfig):
             raise TransferkitError("--max-images must be at least 4.")
         if self.threads is not None and self.threads < 1:
             raise TransferkitError("--threads must be at least 1.")
+        if self.kind == "pix2pix" and (self.blocks or self.loss != "bce"):
+            raise TransferkitError("--blocks and --loss are for --kind dcgan.")
         if self.kind == "dcgan" and self.edges:
             raise TransferkitError("--edges is for --kind pix2pix.")
         if self.kind == "pix2pix" and self.conditional:

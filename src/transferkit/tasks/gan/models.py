@@ -9,6 +9,10 @@ output.  The discriminator mirrors it: stride-2 convolutions, LeakyReLU(0.2), ba
 norm) and a last s0 x s0 convolution to one logit.  No pooling and no fully connected hidden layers,
 as in the paper.  Weights start from N(0, 0.02).
 
+``blocks`` > 0 adds that many stride-1 3x3 convolution layers at every scale of both networks (after the
+projection and each up-sampling in the generator, after each down-sampling in the discriminator): depth
+without changing the sides, the networks' only extra capacity that keeps the all-convolutional design.
+
 A class-conditional DCGAN (``num_classes > 0``) feeds the one-hot label to the generator beside z,
 and to the discriminator as K constant image planes beside the image (Mirza & Osindero 2014).
 
@@ -46,21 +50,43 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _g_blocks(c: int, blocks: int) -> list[nn.Module]:
+    """``blocks`` x (3x3 stride-1 conv, batch norm, ReLU): (N, c, s, s) -> (N, c, s, s)."""
+    out: list[nn.Module] = []
+    for _ in range(blocks):
+        out += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+    return out
+
+
+def _d_blocks(c: int, blocks: int, sn, spectral_norm: bool) -> list[nn.Module]:
+    """``blocks`` x (3x3 stride-1 conv, batch norm unless spectral norm, LeakyReLU): (N, c, s, s) -> same."""
+    out: list[nn.Module] = []
+    for _ in range(blocks):
+        out.append(sn(nn.Conv2d(c, c, 3, 1, 1, bias=spectral_norm)))
+        if not spectral_norm:
+            out.append(nn.BatchNorm2d(c))
+        out.append(nn.LeakyReLU(0.2, True))
+    return out
+
+
 class DCGANGenerator(nn.Module):
     """z (N, latent) [+ labels (N,)] -> images (N, channels, size, size) in [-1, 1]."""
 
-    def __init__(self, latent: int = 100, channels: int = 1, size: int = 28, width: int = 64, num_classes: int = 0):
+    def __init__(self, latent: int = 100, channels: int = 1, size: int = 28, width: int = 64, num_classes: int = 0,
+                 blocks: int = 0):
         super().__init__()
         self.latent, self.channels, self.size, self.num_classes = latent, channels, size, num_classes
         n, s0 = dcgan_plan(size)
         c = width * 2 ** (n - 1)
         # (N, latent + K, 1, 1) -> (N, c, s0, s0)
         self.project = nn.Sequential(
-            nn.ConvTranspose2d(latent + num_classes, c, s0, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True))
+            nn.ConvTranspose2d(latent + num_classes, c, s0, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True),
+            *_g_blocks(c, blocks))
         ups = []
         for _ in range(n - 1):  # (N, c, s, s) -> (N, c/2, 2s, 2s)
             ups += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
             c //= 2
+            ups += _g_blocks(c, blocks)
         self.up = nn.Sequential(*ups)
         # (N, width, size/2, size/2) -> (N, channels, size, size)
         self.to_image = nn.Sequential(nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh())
@@ -80,7 +106,7 @@ class DCGANDiscriminator(nn.Module):
     """images (N, channels, size, size) [+ labels (N,)] -> logits (N,) (real > 0 > fake)."""
 
     def __init__(self, channels: int = 1, size: int = 28, width: int = 64, num_classes: int = 0,
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, blocks: int = 0):
         super().__init__()
         self.num_classes, self.size = num_classes, size
         n, s0 = dcgan_plan(size)
@@ -88,12 +114,14 @@ class DCGANDiscriminator(nn.Module):
         c = width
         # (N, channels + K, size, size) -> (N, width, size/2, size/2); no norm on the first layer
         layers: list[nn.Module] = [sn(nn.Conv2d(channels + num_classes, c, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        layers += _d_blocks(c, blocks, sn, spectral_norm)
         for _ in range(n - 1):  # (N, c, s, s) -> (N, 2c, s/2, s/2)
             layers.append(sn(nn.Conv2d(c, c * 2, 4, 2, 1, bias=spectral_norm)))
             if not spectral_norm:
                 layers.append(nn.BatchNorm2d(c * 2))
             layers.append(nn.LeakyReLU(0.2, True))
             c *= 2
+            layers += _d_blocks(c, blocks, sn, spectral_norm)
         self.features = nn.Sequential(*layers)
         self.logit = sn(nn.Conv2d(c, 1, s0, 1, 0))  # (N, c, s0, s0) -> (N, 1, 1, 1)
         init_weights(self)
@@ -197,7 +225,8 @@ def build_generator(config: dict) -> nn.Module:
     """The generator a model config.json describes (the saved network of a GAN model directory)."""
     if config["architecture"] == "dcgan":
         return DCGANGenerator(int(config["latent"]), int(config["channels"]), int(config["image_size"]),
-                              int(config["width"]), len(config.get("classes") or []) if config.get("conditional") else 0)
+                              int(config["width"]), len(config.get("classes") or []) if config.get("conditional") else 0,
+                              int(config.get("blocks", 0)))
     if config["architecture"] == "pix2pix":
         return UNetGenerator(int(config["in_channels"]), int(config["out_channels"]), int(config["image_size"]),
                              int(config["width"]))

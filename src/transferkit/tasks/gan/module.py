@@ -3,7 +3,8 @@
 Each training step: (1) the discriminator step, on real images and detached fakes; (2) the generator
 step, through the (just updated) discriminator.  ``self.optimizers()`` returns (generator's,
 discriminator's); each holds only its own network's parameters.  Losses are binary cross-entropy
-on logits (the sigmoid is inside the loss, numerically stable).
+on logits (the sigmoid is inside the loss, numerically stable), or for a DCGAN optionally the hinge
+loss of spectral-norm GANs (Miyato et al. 2018).
 
 Stabilisers (all options of :class:`~transferkit.tasks.gan.config.GANConfig`): one-sided label
 smoothing (real target 1 - s, fakes stay 0), spectral norm in the discriminator (in the network),
@@ -166,10 +167,27 @@ class DCGANModule(_GANBase):
 
     def __init__(self, generator, discriminator, lr_g: float = 2e-4, lr_d: float = 2e-4, beta1: float = 0.5,
                  label_smoothing: float = 0.0, ema: float = 0.0, max_steps: int | None = None,
-                 collapse_steps: int = 200):
+                 collapse_steps: int = 200, loss: str = "bce"):
         super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps)
+        if loss not in ("bce", "hinge"):
+            raise ValueError(f"unknown GAN loss {loss!r}")
+        self.loss_kind = loss
         self.real_target = 1.0 - label_smoothing
-        self.d_floor = binary_entropy(self.real_target)  # the real half's lowest loss; the fake half's is 0
+        # the lowest discriminator loss: the real half's entropy (the fake half's is 0); hinge: 0
+        self.d_floor = binary_entropy(self.real_target) if loss == "bce" else 0.0
+
+    def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        """bce: real -> 1 - smoothing, fake -> 0; hinge: mean max(0, 1 - D(x)) + mean max(0, 1 + D(G(z)))."""
+        if self.loss_kind == "hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        return F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, self.real_target)) + \
+            F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+
+    def g_loss(self, d_gen: torch.Tensor) -> torch.Tensor:
+        """bce: the non-saturating loss (make D say "real"); hinge: -mean D(G(z))."""
+        if self.loss_kind == "hinge":
+            return -d_gen.mean()
+        return F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -180,18 +198,17 @@ class DCGANModule(_GANBase):
         y_fake = torch.randint(0, k, (n,), device=x.device) if k else None
         fake = self.generator(z, y_fake)  # (N, C, S, S)
 
-        # (1) discriminator: real -> 1 - smoothing, fake -> 0
+        # (1) discriminator: real -> 1 - smoothing, fake -> 0 (or the hinge margins)
         d_real = self.discriminator(x, y if k else None)  # (N,) logits
         d_fake = self.discriminator(fake.detach(), y_fake)
-        loss_d = F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, self.real_target)) + \
-            F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        loss_d = self.d_loss(d_real, d_fake)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
         opt_d.step()
 
-        # (2) generator: make the discriminator say "real" (the non-saturating loss)
+        # (2) generator: make the discriminator say "real"
         d_gen = self.discriminator(fake, y_fake)
-        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        loss_g = self.g_loss(d_gen)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         opt_g.step()

@@ -93,7 +93,8 @@ def model_config(cfg: GANConfig, d: Prepared, source: str) -> dict[str, Any]:
     common = {"task": "gan", "kind": cfg.kind, "architecture": cfg.kind, "image_size": d.size, "width": cfg.width,
               "class_names": [], "preprocessing": pre, "ema": cfg.ema_decay}
     if d.kind == "dcgan":
-        return {**common, "latent": cfg.latent, "channels": d.channels, "conditional": bool(cfg.conditional),
+        return {**common, "latent": cfg.latent, "channels": d.channels, "blocks": cfg.blocks,
+                "conditional": bool(cfg.conditional),
                 "classes": d.classes, "data": {"source": source, "layout": d.layout, "n": d.n}}
     return {**common, "in_channels": d.in_channels, "out_channels": d.out_channels, "direction": cfg.direction,
             "edges": bool(cfg.edges), "data": {"source": source, "layout": d.layout, "n": d.n}}
@@ -173,10 +174,10 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
 
     if d.kind == "dcgan":
         k = len(d.classes)
-        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, cfg.width, k)
-        disc = models.DCGANDiscriminator(d.channels, d.size, cfg.width, k, cfg.spectral_norm)
+        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, cfg.width, k, cfg.blocks)
+        disc = models.DCGANDiscriminator(d.channels, d.size, cfg.width, k, cfg.spectral_norm, cfg.blocks)
         module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.label_smoothing, cfg.ema_decay,
-                             cfg.max_steps, cfg.collapse_steps)
+                             cfg.max_steps, cfg.collapse_steps, loss=cfg.loss)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
         z_fixed, y_fixed, per_row = fixed_latents(cfg.latent, N_FIXED, cfg.seed, d.classes)
         held_real = d.x[d.held] if d.held else None
