@@ -31,7 +31,8 @@ class DetectConfig(TrainConfig):
     weights: str = doc("backbone weights: pretrained (offline resolution), none (random init), or a weights file",
                        "pretrained")
     image_size: int = doc("images are resized to this square size in pixels (predictions are mapped back)", 320)
-    epochs: int = doc("maximum training epochs (yolo, localize); on a 2-core CPU the time budget ends a BCCD run first", 50)
+    epochs: int = doc("maximum training epochs (yolo, localize); whichever of this and the time budget comes first "
+                      "ends the run (a BCCD run on a 2-core CPU: after 20-25 minutes)", 50)
     batch_size: int = doc("images per batch", 8)
     lr: float = doc("peak learning rate of the new layers (AdamW, cosine schedule)", 2e-3)
     backbone_lr: float = doc("learning-rate factor of the pretrained backbone (0 freezes it)", 0.1)
