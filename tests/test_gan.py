@@ -151,6 +151,13 @@ def test_time_budget_defaults_by_kind_and_zero_lifts_it():
         GANConfig(kind="dcgan", time_budget=-1).validate()
 
 
+def test_dcgan_defaults_to_width_32_with_one_block_and_pix2pix_keeps_its_recipe():
+    assert (GANConfig(kind="dcgan").resolved_width(), GANConfig(kind="dcgan").resolved_blocks()) == (32, 1)
+    assert (GANConfig(kind="pix2pix").resolved_width(), GANConfig(kind="pix2pix").resolved_blocks()) == (64, 0)
+    assert GANConfig(kind="dcgan", width=64, blocks=0).resolved_blocks() == 0
+    GANConfig(kind="pix2pix").validate()  # the dcgan-only default of --blocks is not an error for pix2pix
+
+
 def test_generator_ema_is_on_by_default_for_both_kinds_and_zero_turns_it_off():
     assert GANConfig(kind="dcgan").ema_decay == GANConfig(kind="pix2pix").ema_decay == 0.999
     assert GANConfig(kind="pix2pix", ema=0).ema_decay == 0.0
@@ -416,7 +423,7 @@ def test_training_steps_lower_the_fid_of_the_untrained_generator(blobs, tmp_path
 
     cfg = tiny(epochs=8, lr=2e-3, fid=False, val_fraction=0.0)  # 48 generator steps
     run = fit(cfg, blobs, tmp_path / "run")
-    untrained = models.DCGANGenerator(cfg.latent, 3, 16, cfg.width)
+    untrained = models.DCGANGenerator(cfg.latent, 3, 16, cfg.width, blocks=cfg.resolved_blocks())
     real = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(blobs.rglob("*.png"))]))
     fn = FeatureNet("efficientnet_lite0", size=64)
     real_f = fn(real.permute(0, 3, 1, 2).float() / 127.5 - 1)

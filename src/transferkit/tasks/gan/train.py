@@ -90,10 +90,10 @@ def model_config(cfg: GANConfig, d: Prepared, source: str) -> dict[str, Any]:
 
     pre = Preprocessing(input_size=(3, d.size, d.size), interpolation="bicubic", crop_pct=1.0, crop_mode="squash",
                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).to_dict()
-    common = {"task": "gan", "kind": cfg.kind, "architecture": cfg.kind, "image_size": d.size, "width": cfg.width,
+    common = {"task": "gan", "kind": cfg.kind, "architecture": cfg.kind, "image_size": d.size, "width": cfg.resolved_width(),
               "class_names": [], "preprocessing": pre, "ema": cfg.ema_decay}
     if d.kind == "dcgan":
-        return {**common, "latent": cfg.latent, "channels": d.channels, "blocks": cfg.blocks,
+        return {**common, "latent": cfg.latent, "channels": d.channels, "blocks": cfg.resolved_blocks(),
                 "conditional": bool(cfg.conditional),
                 "classes": d.classes, "data": {"source": source, "layout": d.layout, "n": d.n}}
     return {**common, "in_channels": d.in_channels, "out_channels": d.out_channels, "direction": cfg.direction,
@@ -174,8 +174,9 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
 
     if d.kind == "dcgan":
         k = len(d.classes)
-        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, cfg.width, k, cfg.blocks)
-        disc = models.DCGANDiscriminator(d.channels, d.size, cfg.width, k, cfg.spectral_norm, cfg.blocks)
+        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, cfg.resolved_width(), k, cfg.resolved_blocks())
+        disc = models.DCGANDiscriminator(d.channels, d.size, cfg.resolved_width(), k, cfg.spectral_norm,
+                                          cfg.resolved_blocks())
         module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.label_smoothing, cfg.ema_decay,
                              cfg.max_steps, cfg.collapse_steps, loss=cfg.loss)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
@@ -185,8 +186,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         print(f"{what}: {len(d.train)} training images, {len(d.held)} held out, {d.channels}x{d.size}x{d.size}",
               file=sys.stderr, flush=True)
     else:
-        gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, cfg.width)
-        disc = models.PatchDiscriminator(d.in_channels + d.out_channels, cfg.width, models.patch_layers(d.size))
+        gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, cfg.resolved_width())
+        disc = models.PatchDiscriminator(d.in_channels + d.out_channels, cfg.resolved_width(), models.patch_layers(d.size))
         module = Pix2PixModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.adv_weight, cfg.l1_weight,
                                cfg.label_smoothing, cfg.jitter, cfg.ema_decay, cfg.max_steps, cfg.collapse_steps)
         ds = torch.utils.data.TensorDataset(d.a[d.train], d.b[d.train])
