@@ -10,8 +10,9 @@ norm) and a last s0 x s0 convolution to one logit.  No pooling and no fully conn
 as in the paper.  Weights start from N(0, 0.02).
 
 ``blocks`` > 0 adds that many stride-1 3x3 convolution layers at every scale of both networks (after the
-projection and each up-sampling in the generator, after each down-sampling in the discriminator): depth
-without changing the sides, the networks' only extra capacity that keeps the all-convolutional design.
+projection and each up-sampling in the generator, after each down-sampling in the discriminator): more
+depth and a wider receptive field at the same sides, still all-convolutional (``gan fit``'s DCGAN default is
+one block at width 32: BENCHMARKS.md).
 
 A class-conditional DCGAN (``num_classes > 0``) feeds the one-hot label to the generator beside z,
 and to the discriminator as K constant image planes beside the image (Mirza & Osindero 2014).
