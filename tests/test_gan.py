@@ -124,6 +124,29 @@ def test_hinge_loss_values_and_both_networks_step():
         GANConfig(blocks=-1).validate()
 
 
+def test_diff_augment_shifts_whole_pixels_passes_gradients_and_trains():
+    from transferkit.tasks.gan.data import diff_augment
+
+    x = torch.rand(64, 2, 16, 16, requires_grad=True)
+    y = diff_augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    # every output image is its input shifted by whole pixels (at most 16/8 = 2), edges repeated
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(y[i], x[i].detach()[:, (torch.arange(16) + dy).clamp(0, 15)][:, :, (torch.arange(16) + dx).clamp(0, 15)])]
+        assert found, f"image {i} is not a whole-pixel shift of its input"
+    assert not torch.equal(y, x), "nothing was shifted"
+    y.sum().backward()  # the generator's gradient flows through the gather
+    assert float(x.grad.sum()) == pytest.approx(x.numel())
+    g, d = models.DCGANGenerator(8, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4, spectral_norm=True)
+    module = DCGANModule(g, d, augment=True)
+    g0, d0 = _params(g), _params(d)
+    _run_steps(module, torch.utils.data.TensorDataset(torch.rand(8, 1, 16, 16) * 2 - 1, torch.zeros(8, dtype=torch.long)))
+    assert module.gen_steps == 2 and _changed(g0, g) and _changed(d0, d)
+    with pytest.raises(TransferkitError, match="--kind dcgan"):
+        GANConfig(kind="pix2pix", diff_augment=True).validate()
+
+
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_pix2pix_shapes(size):
     g = models.UNetGenerator(1, 3, size, width=4)

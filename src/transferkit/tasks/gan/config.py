@@ -46,6 +46,9 @@ class GANConfig(TrainConfig):
     loss: Literal["bce", "hinge"] = doc(
         "dcgan: bce (the paper's cross-entropy, non-saturating for the generator) or hinge (Miyato et al.'s "
         "spectral-norm GAN: the discriminator's max(0, 1 -+ D), the generator's -D; no label smoothing)", "bce")
+    diff_augment: bool = doc("dcgan: the discriminator sees real and generated images alike randomly shifted by up to "
+                             "1/8 of their side (differentiable augmentation, Zhao et al. 2020: against a "
+                             "discriminator that memorises a small data set)", False)
     conditional: bool = doc("dcgan: class-conditional (one-hot labels into both networks), from class folders or MNIST labels", False)
     label_smoothing: float = doc("one-sided label smoothing: the discriminator's target for real images is 1 - this (0: off)", 0.1)
     spectral_norm: bool = doc("spectral normalisation of the discriminator's layers (replaces its batch norm)", True)
@@ -148,8 +151,8 @@ class GANConfig(TrainConfig):
             raise TransferkitError("--max-images must be at least 4.")
         if self.threads is not None and self.threads < 1:
             raise TransferkitError("--threads must be at least 1.")
-        if self.kind == "pix2pix" and (self.blocks or self.loss != "bce"):
-            raise TransferkitError("--blocks and --loss are for --kind dcgan.")
+        if self.kind == "pix2pix" and (self.blocks or self.loss != "bce" or self.diff_augment):
+            raise TransferkitError("--blocks, --loss and --diff-augment are for --kind dcgan.")
         if self.kind == "dcgan" and self.edges:
             raise TransferkitError("--edges is for --kind pix2pix.")
         if self.kind == "pix2pix" and self.conditional:

@@ -252,3 +252,22 @@ def split_rows(n: int, val_fraction: float, seed: int, max_images: int | None = 
     if val_fraction > 0 and k == 0 and len(order) >= 4:
         k = 1
     return sorted(order[k:].tolist()), sorted(order[:k].tolist())
+
+
+def diff_augment(x, generator=None):
+    """Differentiable random translation (Zhao et al. 2020, DiffAugment's "translation"): each image of
+    (N, C, S, S) is shifted by a whole number of pixels, up to S/8 in each direction, edges repeated.
+
+    Applied to real and generated images alike, before the discriminator, in both networks' steps: the
+    discriminator then cannot memorise a small training set's exact pixels, and the generator's gradient
+    flows through the shift (a gather of pixels), so it still learns un-shifted images."""
+    import torch
+
+    n, _, h, w = x.shape
+    r = max(1, h // 8)
+    shift = torch.randint(-r, r + 1, (n, 2, 1, 1), generator=generator).to(x.device)  # (N, 2, 1, 1): dy, dx
+    rows = (torch.arange(h, device=x.device)[None, :, None] + shift[:, 0]).clamp(0, h - 1)  # (N, H, 1)
+    cols = (torch.arange(w, device=x.device)[None, None, :] + shift[:, 1]).clamp(0, w - 1)  # (N, 1, W)
+    index = (rows * w + cols).flatten(1)  # (N, H*W): where each output pixel comes from
+    flat = x.flatten(2)  # (N, C, H*W)
+    return flat.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).view_as(x)

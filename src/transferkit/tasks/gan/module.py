@@ -167,11 +167,12 @@ class DCGANModule(_GANBase):
 
     def __init__(self, generator, discriminator, lr_g: float = 2e-4, lr_d: float = 2e-4, beta1: float = 0.5,
                  label_smoothing: float = 0.0, ema: float = 0.0, max_steps: int | None = None,
-                 collapse_steps: int = 200, loss: str = "bce"):
+                 collapse_steps: int = 200, loss: str = "bce", augment: bool = False):
         super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps)
         if loss not in ("bce", "hinge"):
             raise ValueError(f"unknown GAN loss {loss!r}")
         self.loss_kind = loss
+        self.augment = augment
         self.real_target = 1.0 - label_smoothing
         # the lowest discriminator loss: the real half's entropy (the fake half's is 0); hinge: 0
         self.d_floor = binary_entropy(self.real_target) if loss == "bce" else 0.0
@@ -197,6 +198,10 @@ class DCGANModule(_GANBase):
         z = torch.randn(n, self.generator.latent, device=x.device)  # (N, latent)
         y_fake = torch.randint(0, k, (n,), device=x.device) if k else None
         fake = self.generator(z, y_fake)  # (N, C, S, S)
+        if self.augment:  # the discriminator sees every image, real or generated, randomly shifted
+            from transferkit.tasks.gan.data import diff_augment
+
+            x, fake = diff_augment(x), diff_augment(fake)
 
         # (1) discriminator: real -> 1 - smoothing, fake -> 0 (or the hinge margins)
         d_real = self.discriminator(x, y if k else None)  # (N,) logits
