@@ -3,7 +3,7 @@ without the adversarial loss, each pair in one run, at equal generator steps.
 
 DCGAN: ``gan fit MNIST --kind dcgan`` twice on the same seeded 90/10 split of the MNIST test IDX, at equal
 generator steps, or with ``--equal-time`` the bare default first and the reference for the same training time:
-(a) the defaults (one-sided label smoothing 0.1, spectral norm in D, generator EMA 0.999);
+(a) the defaults (width 32, one block per scale, hinge loss with TTUR, spectral norm in D, generator EMA 0.999);
 (b) the PyTorch examples' DCGAN recipe as published (batch norm in D, hard labels, no EMA, equal rates).
 Metric: FID and KID on the 84-d F6 features of a LeNet-5 trained here on the training rows' labels,
 with the real-vs-real floor; the share of samples that LeNet-5 classifies with probability > 0.9
@@ -85,7 +85,7 @@ def dcgan_part(args, out: Path) -> dict:
     print(f"LeNet-5: {time.perf_counter() - t0:.0f} s, held-out accuracy {held_acc:.4f}", file=sys.stderr, flush=True)
     real_share = confident_share(real_p)
     variants = {
-        "default (smoothing 0.1, spectral norm, EMA 0.999)": dict(),
+        "default (hinge loss, TTUR, spectral norm, EMA 0.999)": dict(),
         # the examples' published recipe: batch 64, Adam 2e-4 / beta1 0.5 for both networks, batch norm in D, hard labels
         "PyTorch example recipe (no stabilisers)": dict(label_smoothing=0.0, spectral_norm=False, ema=0.0, batch_size=64,
                                                         lr=2e-4, lr_d=2e-4, width=64, blocks=0, loss="bce"),

@@ -181,6 +181,17 @@ def test_dcgan_defaults_to_width_32_with_one_block_and_pix2pix_keeps_its_recipe(
     GANConfig(kind="pix2pix").validate()  # the dcgan-only default of --blocks is not an error for pix2pix
 
 
+def test_dcgan_defaults_to_hinge_with_ttur_and_pix2pix_to_bce_at_equal_rates():
+    dc, p2p = GANConfig(kind="dcgan"), GANConfig(kind="pix2pix")
+    assert (dc.resolved_loss(), dc.resolved_ttur(), dc.d_lr) == ("hinge", True, 2 * dc.lr)
+    assert (p2p.resolved_loss(), p2p.resolved_ttur(), p2p.d_lr) == ("bce", False, p2p.lr)
+    old = GANConfig(kind="dcgan", loss="bce", ttur=False)  # the recipe before the change, still reachable
+    assert (old.resolved_loss(), old.d_lr) == ("bce", old.lr)
+    assert GANConfig(kind="dcgan", lr_d=1e-4).d_lr == 1e-4  # an explicit rate wins over the TTUR default
+    p2p.validate()
+    GANConfig(kind="pix2pix", loss="bce").validate()
+
+
 def test_generator_ema_is_on_by_default_for_both_kinds_and_zero_turns_it_off():
     assert GANConfig(kind="dcgan").ema_decay == GANConfig(kind="pix2pix").ema_decay == 0.999
     assert GANConfig(kind="pix2pix", ema=0).ema_decay == 0.0

@@ -178,7 +178,7 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         disc = models.DCGANDiscriminator(d.channels, d.size, cfg.resolved_width(), k, cfg.spectral_norm,
                                           cfg.resolved_blocks())
         module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.label_smoothing, cfg.ema_decay,
-                             cfg.max_steps, cfg.collapse_steps, loss=cfg.loss, augment=cfg.diff_augment)
+                             cfg.max_steps, cfg.collapse_steps, loss=cfg.resolved_loss(), augment=cfg.diff_augment)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
         z_fixed, y_fixed, per_row = fixed_latents(cfg.latent, N_FIXED, cfg.seed, d.classes)
         held_real = d.x[d.held] if d.held else None
