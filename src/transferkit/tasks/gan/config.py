@@ -50,7 +50,8 @@ class GANConfig(TrainConfig):
         "for pix2pix", None)
     diff_augment: bool = doc("dcgan: the discriminator sees real and generated images alike randomly shifted by up to "
                              "1/8 of their side (differentiable augmentation, Zhao et al. 2020: against a "
-                             "discriminator that memorises a small data set)", False)
+                             "discriminator that memorises a small data set; off: worse on MNIST's 9,000 digits, "
+                             "measured)", False)
     conditional: bool = doc("dcgan: class-conditional (one-hot labels into both networks), from class folders or MNIST labels", False)
     label_smoothing: float = doc("one-sided label smoothing with the bce loss: the discriminator's target for real images "
                                  "is 1 - this (0: off; the hinge loss, dcgan's default, has none)", 0.1)

@@ -3,8 +3,9 @@
 Each training step: (1) the discriminator step, on real images and detached fakes; (2) the generator
 step, through the (just updated) discriminator.  ``self.optimizers()`` returns (generator's,
 discriminator's); each holds only its own network's parameters.  Losses are binary cross-entropy
-on logits (the sigmoid is inside the loss, numerically stable), or for a DCGAN optionally the hinge
-loss of spectral-norm GANs (Miyato et al. 2018).
+on logits (the sigmoid is inside the loss, numerically stable), or for a DCGAN the hinge loss of
+spectral-norm GANs (Miyato et al. 2018; ``gan fit``'s DCGAN default).  A DCGAN's discriminator can also
+see every image randomly shifted (``augment``: differentiable augmentation, off by default).
 
 Stabilisers (all options of :class:`~transferkit.tasks.gan.config.GANConfig`): one-sided label
 smoothing (real target 1 - s, fakes stay 0), spectral norm in the discriminator (in the network),
@@ -140,7 +141,7 @@ class _GANBase(pl.LightningModule):
             self.collapse = {"step": self.gen_steps, "epoch": int(self.current_epoch), "steps": self._streak}
             print(f"warning: the discriminator has won (loss ~{floor:.3g}, its minimum, for {self._streak} steps from "
                   f"step {self.gen_steps - self._streak + 1}): the generator gets no useful gradient; try the "
-                  "stabilisers (--spectral-norm, --label-smoothing 0.1, --ttur) or a lower --lr-d", file=sys.stderr,
+                  "stabilisers (--spectral-norm, --label-smoothing 0.1 with --loss bce) or a lower --lr-d", file=sys.stderr,
                   flush=True)
 
     def after_step(self, row: dict[str, float]) -> None:
