@@ -12,6 +12,16 @@ from transferkit.errors import TransferkitError
 KINDS = ("dcgan", "pix2pix")
 
 
+# What a field left at None (not given) means for each kind: the defaults the fields' help describes, chosen by
+# measurement (BENCHMARKS.md).
+KIND_DEFAULTS: dict[str, dict[str, object]] = {
+    "dcgan": {"epochs": 100, "time_budget": 12.0, "width": 32, "blocks": 1, "loss": "hinge", "ttur": True,
+              "batch_size": 16},
+    "pix2pix": {"epochs": 200, "time_budget": 25.0, "width": 64, "blocks": 0, "loss": "bce", "ttur": False,
+                "batch_size": 4},
+}
+
+
 @dataclass
 class GANConfig(TrainConfig):
     """How to train a GAN (``transferkit gan fit``)."""
@@ -81,41 +91,33 @@ class GANConfig(TrainConfig):
     threads: Optional[int] = doc("CPU threads for PyTorch (None: PyTorch's default)", None)
     collapse_steps: int = doc("warn (and record) when the discriminator's loss stays below 0.01 this many steps in a row", 200)
 
+    def _per_kind(self, field: str):
+        """The field's value, or, when it is None (not given), its measured default for this kind."""
+        value = getattr(self, field)
+        return KIND_DEFAULTS[self.kind][field] if value is None else value
+
     def resolved_epochs(self) -> int:
-        if self.epochs is not None:
-            return self.epochs
-        return 100 if self.kind == "dcgan" else 200
+        return self._per_kind("epochs")
 
     def resolved_time_budget(self) -> float | None:
         """Minutes of training (None: no limit)."""
-        if self.time_budget is None:
-            return 12.0 if self.kind == "dcgan" else 25.0
-        return float(self.time_budget) if self.time_budget > 0 else None
+        budget = float(self._per_kind("time_budget"))
+        return budget if budget > 0 else None
 
     def resolved_width(self) -> int:
-        if self.width is not None:
-            return self.width
-        return 32 if self.kind == "dcgan" else 64
+        return self._per_kind("width")
 
     def resolved_blocks(self) -> int:
-        if self.blocks is not None:
-            return self.blocks
-        return 1 if self.kind == "dcgan" else 0
+        return self._per_kind("blocks")
 
     def resolved_loss(self) -> str:
-        if self.loss is not None:
-            return self.loss
-        return "hinge" if self.kind == "dcgan" else "bce"
+        return self._per_kind("loss")
 
     def resolved_ttur(self) -> bool:
-        if self.ttur is not None:
-            return bool(self.ttur)
-        return self.kind == "dcgan"
+        return bool(self._per_kind("ttur"))
 
     def resolved_batch(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return 16 if self.kind == "dcgan" else 4
+        return self._per_kind("batch_size")
 
     def resolved_size(self, data_is_mnist: bool) -> int:
         if self.image_size is not None:

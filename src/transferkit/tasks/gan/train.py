@@ -172,11 +172,11 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
     epochs = cfg.resolved_epochs()
     scale = auto_scale(d.size)
 
+    width = cfg.resolved_width()
     if d.kind == "dcgan":
-        k = len(d.classes)
-        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, cfg.resolved_width(), k, cfg.resolved_blocks())
-        disc = models.DCGANDiscriminator(d.channels, d.size, cfg.resolved_width(), k, cfg.spectral_norm,
-                                          cfg.resolved_blocks())
+        k, blocks = len(d.classes), cfg.resolved_blocks()
+        gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, width, k, blocks)
+        disc = models.DCGANDiscriminator(d.channels, d.size, width, k, cfg.spectral_norm, blocks)
         module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.label_smoothing, cfg.ema_decay,
                              cfg.max_steps, cfg.collapse_steps, loss=cfg.resolved_loss(), augment=cfg.diff_augment)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
@@ -186,8 +186,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         print(f"{what}: {len(d.train)} training images, {len(d.held)} held out, {d.channels}x{d.size}x{d.size}",
               file=sys.stderr, flush=True)
     else:
-        gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, cfg.resolved_width())
-        disc = models.PatchDiscriminator(d.in_channels + d.out_channels, cfg.resolved_width(), models.patch_layers(d.size))
+        gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, width)
+        disc = models.PatchDiscriminator(d.in_channels + d.out_channels, width, models.patch_layers(d.size))
         module = Pix2PixModule(gen, disc, cfg.lr, cfg.d_lr, cfg.beta1, cfg.adv_weight, cfg.l1_weight,
                                cfg.label_smoothing, cfg.jitter, cfg.ema_decay, cfg.max_steps, cfg.collapse_steps)
         ds = torch.utils.data.TensorDataset(d.a[d.train], d.b[d.train])
