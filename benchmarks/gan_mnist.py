@@ -85,10 +85,11 @@ def dcgan_part(args, out: Path) -> dict:
     print(f"LeNet-5: {time.perf_counter() - t0:.0f} s, held-out accuracy {held_acc:.4f}", file=sys.stderr, flush=True)
     real_share = confident_share(real_p)
     variants = {
-        "default (hinge loss, TTUR, spectral norm, EMA 0.999)": dict(),
+        "default (hinge loss, TTUR, Adam beta1 0, spectral norm, EMA 0.999)": dict(),
         # the examples' published recipe: batch 64, Adam 2e-4 / beta1 0.5 for both networks, batch norm in D, hard labels
         "PyTorch example recipe (no stabilisers)": dict(label_smoothing=0.0, spectral_norm=False, ema=0.0, batch_size=64,
-                                                        lr=2e-4, lr_d=2e-4, width=64, blocks=0, loss="bce"),
+                                                        lr=2e-4, lr_d=2e-4, beta1=0.5, width=64, blocks=0,
+                                                        loss="bce"),
     }
     rows = {}
     budget = None  # --equal-time: the reference trains for the default's training seconds

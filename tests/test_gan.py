@@ -181,12 +181,14 @@ def test_dcgan_defaults_to_width_32_with_one_block_and_pix2pix_keeps_its_recipe(
     GANConfig(kind="pix2pix").validate()  # the dcgan-only default of --blocks is not an error for pix2pix
 
 
-def test_dcgan_defaults_to_hinge_with_ttur_and_pix2pix_to_bce_at_equal_rates():
+def test_dcgan_defaults_to_hinge_with_ttur_and_beta1_0_and_pix2pix_to_bce_at_equal_rates():
     dc, p2p = GANConfig(kind="dcgan"), GANConfig(kind="pix2pix")
-    assert (dc.resolved_loss(), dc.resolved_ttur(), dc.d_lr) == ("hinge", True, 2 * dc.lr)
-    assert (p2p.resolved_loss(), p2p.resolved_ttur(), p2p.d_lr) == ("bce", False, p2p.lr)
-    old = GANConfig(kind="dcgan", loss="bce", ttur=False)  # the recipe before the change, still reachable
-    assert (old.resolved_loss(), old.d_lr) == ("bce", old.lr)
+    assert (dc.resolved_loss(), dc.resolved_ttur(), dc.d_lr, dc.resolved_beta1()) == ("hinge", True, 2 * dc.lr, 0.0)
+    assert (p2p.resolved_loss(), p2p.resolved_ttur(), p2p.d_lr, p2p.resolved_beta1()) == ("bce", False, p2p.lr, 0.5)
+    old = GANConfig(kind="dcgan", loss="bce", ttur=False, beta1=0.5)  # the recipe before the change, still reachable
+    assert (old.resolved_loss(), old.d_lr, old.resolved_beta1()) == ("bce", old.lr, 0.5)
+    with pytest.raises(TransferkitError, match="--beta1"):
+        GANConfig(kind="dcgan", beta1=1.0).validate()
     assert GANConfig(kind="dcgan", lr_d=1e-4).d_lr == 1e-4  # an explicit rate wins over the TTUR default
     p2p.validate()
     GANConfig(kind="pix2pix", loss="bce").validate()
