@@ -406,6 +406,16 @@ def test_freeze_stages_keeps_the_early_backbone_out_of_the_gradient_and_the_opti
         _net_for(DetectConfig(**{**TINY, "freeze_stages": 9}), 3)
 
 
+def test_freeze_stages_past_the_backbone_fails_before_the_run_folder_is_written(tmp_path):
+    from transferkit.tasks.detect import DetectConfig
+    from transferkit.tasks.detect.train import fit
+
+    data = write_voc(tmp_path / "voc", make_boxes(4, 32, seed=3, negatives=0))
+    with pytest.raises(TransferkitError, match="feature stages"):
+        fit(DetectConfig(**{**TINY, "freeze_stages": 9, "epochs": 1}), data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_freeze_stages_default_is_three_over_trained_weights_and_zero_over_random_ones():
     from transferkit.tasks.detect import DetectConfig
 

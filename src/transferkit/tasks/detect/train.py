@@ -80,8 +80,11 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
     print(f"data: {ds.summary()}", file=sys.stderr)
     if ds.n_boxes == 0:
         raise TransferkitError(f"{data} holds no boxes to learn from ({ds.summary()}).")
-    run_dir = prepare_run_dir(run_dir, resume)
     seed_everything(cfg.seed)
+    # the network before any file is written: a --freeze-stages past the backbone's stages or unreadable --weights
+    # then stop the run with nothing of it on disk (the seeded split below draws from its own generator)
+    built = _net_for(cfg, len(ds.class_names)) if cfg.method != "rcnn" else None
+    run_dir = prepare_run_dir(run_dir, resume)
     tr_idx, va_idx = split_records(ds.records, cfg.val_fraction, cfg.seed)
     if is_rank_zero():  # DDP: the other ranks compute the same seeded split and write nothing
         cfgmod.save(cfg, run_dir / "config.yaml")
@@ -109,7 +112,7 @@ def fit(cfg: DetectConfig, data: str | os.PathLike, run_dir: str | os.PathLike, 
         train_set = DetDataset(imgs_t, boxes_t, [train_recs[i].labels for i in keep_t],
                                train_transform(size, cfg.flip, cfg.scale_jitter, cfg.color_jitter))
         val_set = DetDataset(imgs_v, boxes_v, [val_recs[i].labels for i in keep_v])
-        net, arch, pre, source = _net_for(cfg, len(ds.class_names))
+        net, arch, pre, source = built
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         steps = cfg.epochs * max(1, -(-len(train_set) // cfg.batch_size))
