@@ -194,6 +194,15 @@ def test_dcgan_defaults_to_hinge_with_ttur_and_beta1_0_and_pix2pix_to_bce_at_equ
     GANConfig(kind="pix2pix", loss="bce").validate()
 
 
+def test_label_smoothing_defaults_to_0_1_and_is_named_as_ignored_only_when_given_with_the_hinge_loss():
+    assert GANConfig(kind="dcgan").resolved_label_smoothing() == GANConfig(kind="pix2pix").resolved_label_smoothing() == 0.1
+    assert GANConfig(kind="dcgan").ignored_options() == []  # the defaults: hinge, smoothing not given
+    assert GANConfig(kind="dcgan", loss="bce", label_smoothing=0.2).ignored_options() == []
+    assert GANConfig(kind="dcgan", label_smoothing=0).ignored_options() == []  # 0 is what hinge does anyway
+    (sentence,) = GANConfig(kind="dcgan", label_smoothing=0.2).ignored_options()
+    assert "--label-smoothing 0.2" in sentence and "ignored" in sentence
+
+
 def test_generator_ema_is_on_by_default_for_both_kinds_and_zero_turns_it_off():
     assert GANConfig(kind="dcgan").ema_decay == GANConfig(kind="pix2pix").ema_decay == 0.999
     assert GANConfig(kind="pix2pix", ema=0).ema_decay == 0.0

@@ -16,9 +16,11 @@ KINDS = ("dcgan", "pix2pix")
 # measurement (BENCHMARKS.md).
 KIND_DEFAULTS: dict[str, dict[str, object]] = {
     "dcgan": {"epochs": 100, "time_budget": 12.0, "width": 32, "blocks": 1, "loss": "hinge", "ttur": True,
-              "batch_size": 16, "beta1": 0.0},
+              "batch_size": 16, "beta1": 0.0,
+              "label_smoothing": 0.1},
     "pix2pix": {"epochs": 200, "time_budget": 25.0, "width": 64, "blocks": 0, "loss": "bce", "ttur": False,
-                "batch_size": 4, "beta1": 0.5},
+                "batch_size": 4, "beta1": 0.5,
+                "label_smoothing": 0.1},
 }
 
 
@@ -65,8 +67,9 @@ class GANConfig(TrainConfig):
                              "discriminator that memorises a small data set; off: worse on MNIST's 9,000 digits, "
                              "measured)", False)
     conditional: bool = doc("dcgan: class-conditional (one-hot labels into both networks), from class folders or MNIST labels", False)
-    label_smoothing: float = doc("one-sided label smoothing with the bce loss: the discriminator's target for real images "
-                                 "is 1 - this (0: off; the hinge loss, dcgan's default, has none)", 0.1)
+    label_smoothing: Optional[float] = doc(
+        "one-sided label smoothing with the bce loss: the discriminator's target for real images is 1 - this "
+        "(default 0.1; 0: off; the hinge loss, dcgan's default, has none and ignores it with a warning)", None)
     spectral_norm: bool = doc("spectral normalisation of the discriminator's layers (replaces its batch norm)", True)
     ttur: Optional[bool] = doc("two time-scale update rule: the discriminator learns 2x faster unless --lr-d is given "
                                "(default: on for dcgan, measured with the hinge loss; off for pix2pix)", None)
@@ -121,6 +124,16 @@ class GANConfig(TrainConfig):
     def resolved_beta1(self) -> float:
         return float(self._per_kind("beta1"))
 
+    def resolved_label_smoothing(self) -> float:
+        return float(self._per_kind("label_smoothing"))
+
+    def ignored_options(self) -> list[str]:
+        """Sentences naming the options given that this run's settings make meaningless (printed by fit)."""
+        if self.kind == "dcgan" and self.label_smoothing and self.resolved_loss() == "hinge":
+            return [f"--label-smoothing {self.label_smoothing:g} applies to --loss bce only; the hinge loss has no "
+                    "targets to smooth, so it is ignored"]
+        return []
+
     def resolved_batch(self) -> int:
         return self._per_kind("batch_size")
 
@@ -159,7 +172,7 @@ class GANConfig(TrainConfig):
             raise TransferkitError("--latent must be at least 1 and --width at least 4.")
         if self.blocks is not None and self.blocks < 0:
             raise TransferkitError(f"--blocks must not be negative (got {self.blocks}).")
-        if not 0 <= self.label_smoothing < 0.5:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 0.5:
             raise TransferkitError(f"--label-smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise TransferkitError(f"--ema must be in [0, 1) (got {self.ema}).")

@@ -158,6 +158,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
     from transferkit.tasks.gan.pictures import auto_scale, grid, save_png, triplets
 
     cfg.validate()
+    for sentence in cfg.ignored_options():
+        print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     d = prepare_data(cfg, data)  # bad data fails before any folder is made
     if len(d.train) < 2:
         raise TransferkitError(f"{d.source} leaves {len(d.train)} training image(s) after the split; give more images.")
@@ -177,7 +179,7 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         k, blocks = len(d.classes), cfg.resolved_blocks()
         gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, width, k, blocks)
         disc = models.DCGANDiscriminator(d.channels, d.size, width, k, cfg.spectral_norm, blocks)
-        module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.label_smoothing, cfg.ema_decay,
+        module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.resolved_label_smoothing(), cfg.ema_decay,
                              cfg.max_steps, cfg.collapse_steps, loss=cfg.resolved_loss(), augment=cfg.diff_augment)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
         z_fixed, y_fixed, per_row = fixed_latents(cfg.latent, N_FIXED, cfg.seed, d.classes)
@@ -189,7 +191,7 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, width)
         disc = models.PatchDiscriminator(d.in_channels + d.out_channels, width, models.patch_layers(d.size))
         module = Pix2PixModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.adv_weight, cfg.l1_weight,
-                               cfg.label_smoothing, cfg.jitter, cfg.ema_decay, cfg.max_steps, cfg.collapse_steps)
+                               cfg.resolved_label_smoothing(), cfg.jitter, cfg.ema_decay, cfg.max_steps, cfg.collapse_steps)
         ds = torch.utils.data.TensorDataset(d.a[d.train], d.b[d.train])
         show = d.held[:6] if d.held else d.train[:6]
         held_real = d.b[d.held] if d.held else None
