@@ -237,6 +237,8 @@ def test_dcgan_optimisers_own_their_network_and_both_step():
     assert ids(opt_d) == {id(p) for p in d.parameters()}
     assert not ids(opt_g) & ids(opt_d)
     assert opt_g.param_groups[0]["betas"][0] == 0.5 and opt_g.param_groups[0]["lr"] == 2e-4
+    assert opt_d.param_groups[0]["betas"] == (0.5, 0.999)  # Adam's beta2 unless given
+    assert DCGANModule(g, d, beta1=0.0, beta2=0.9).configure_optimizers()[1].param_groups[0]["betas"] == (0.0, 0.9)
     g0, d0, e0 = _params(g), _params(d), _params(module.g_ema)
     data = torch.utils.data.TensorDataset(torch.rand(8, 1, 16, 16) * 2 - 1, torch.zeros(8, dtype=torch.long))
     _run_steps(module, data)

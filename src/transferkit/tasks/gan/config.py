@@ -50,6 +50,7 @@ class GANConfig(TrainConfig):
     beta1: Optional[float] = doc("Adam beta1 for both networks (Radford et al.: 0.5); default: 0 for dcgan (with the "
                                  "hinge loss and TTUR: a lower FID and more confident digits than 0.5 in the same "
                                  "minutes, measured; the spectral-norm GAN's setting), 0.5 for pix2pix", None)
+    beta2: float = doc("Adam beta2 for both networks (the spectral-norm GAN paper used 0.9 with beta1 0)", 0.999)
     latent: int = doc("dcgan: size of the random vector z", 100)
     width: Optional[int] = doc("base width of both networks (ngf = ndf: the channels of the finest scale); default: "
                                "32 for dcgan (with --blocks 1: a lower FID and more confident digits than width 64 "
@@ -168,6 +169,8 @@ class GANConfig(TrainConfig):
             raise TransferkitError("--lr and --lr-d must be positive.")
         if self.beta1 is not None and not 0 <= self.beta1 < 1:
             raise TransferkitError(f"--beta1 must be in [0, 1) (got {self.beta1}).")
+        if not 0 <= self.beta2 < 1:
+            raise TransferkitError(f"--beta2 must be in [0, 1) (got {self.beta2}).")
         if self.latent < 1 or (self.width is not None and self.width < 4):
             raise TransferkitError("--latent must be at least 1 and --width at least 4.")
         if self.blocks is not None and self.blocks < 0:

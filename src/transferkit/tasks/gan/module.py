@@ -77,7 +77,8 @@ def recalibrate_batch_norm(g: torch.nn.Module, batches: int = 100, batch: int = 
 
 class _GANBase(pl.LightningModule):
     def __init__(self, generator: torch.nn.Module, discriminator: torch.nn.Module, lr_g: float, lr_d: float,
-                 beta1: float, ema: float = 0.0, max_steps: int | None = None, collapse_steps: int = 200):
+                 beta1: float, ema: float = 0.0, max_steps: int | None = None, collapse_steps: int = 200,
+                 beta2: float = 0.999):
         super().__init__()
         self.automatic_optimization = False
         self.generator = generator
@@ -88,7 +89,7 @@ class _GANBase(pl.LightningModule):
             for p in self.g_ema.parameters():
                 p.requires_grad_(False)
         self.ema_decay = ema
-        self.lr_g, self.lr_d, self.beta1 = lr_g, lr_d, beta1
+        self.lr_g, self.lr_d, self.beta1, self.beta2 = lr_g, lr_d, beta1, beta2
         self.max_gen_steps = max_steps
         self.collapse_steps = collapse_steps
         self.gen_steps = 0
@@ -98,7 +99,7 @@ class _GANBase(pl.LightningModule):
         self.epoch_end_hook: Callable[[Any, int], None] | None = None
 
     def configure_optimizers(self):
-        betas = (self.beta1, 0.999)
+        betas = (self.beta1, self.beta2)
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr_g, betas=betas)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d, betas=betas)
         return [opt_g, opt_d]
@@ -168,8 +169,8 @@ class DCGANModule(_GANBase):
 
     def __init__(self, generator, discriminator, lr_g: float = 2e-4, lr_d: float = 2e-4, beta1: float = 0.5,
                  label_smoothing: float = 0.0, ema: float = 0.0, max_steps: int | None = None,
-                 collapse_steps: int = 200, loss: str = "bce", augment: bool = False):
-        super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps)
+                 collapse_steps: int = 200, loss: str = "bce", augment: bool = False, beta2: float = 0.999):
+        super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps, beta2)
         if loss not in ("bce", "hinge"):
             raise ValueError(f"unknown GAN loss {loss!r}")
         self.loss_kind = loss
@@ -240,8 +241,8 @@ class Pix2PixModule(_GANBase):
 
     def __init__(self, generator, discriminator, lr_g: float = 2e-4, lr_d: float = 2e-4, beta1: float = 0.5,
                  adv_weight: float = 1.0, l1_weight: float = 100.0, label_smoothing: float = 0.0, jitter: bool = True,
-                 ema: float = 0.0, max_steps: int | None = None, collapse_steps: int = 200):
-        super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps)
+                 ema: float = 0.0, max_steps: int | None = None, collapse_steps: int = 200, beta2: float = 0.999):
+        super().__init__(generator, discriminator, lr_g, lr_d, beta1, ema, max_steps, collapse_steps, beta2)
         self.adv_weight, self.l1_weight, self.jitter = adv_weight, l1_weight, jitter
         self.real_target = 1.0 - label_smoothing
         self.d_floor = 0.5 * binary_entropy(self.real_target)

@@ -179,8 +179,9 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         k, blocks = len(d.classes), cfg.resolved_blocks()
         gen = models.DCGANGenerator(cfg.latent, d.channels, d.size, width, k, blocks)
         disc = models.DCGANDiscriminator(d.channels, d.size, width, k, cfg.spectral_norm, blocks)
-        module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.resolved_label_smoothing(), cfg.ema_decay,
-                             cfg.max_steps, cfg.collapse_steps, loss=cfg.resolved_loss(), augment=cfg.diff_augment)
+        module = DCGANModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.resolved_label_smoothing(),
+                             cfg.ema_decay, cfg.max_steps, cfg.collapse_steps, loss=cfg.resolved_loss(),
+                             augment=cfg.diff_augment, beta2=cfg.beta2)
         ds = torch.utils.data.TensorDataset(d.x[d.train], d.y[d.train])
         z_fixed, y_fixed, per_row = fixed_latents(cfg.latent, N_FIXED, cfg.seed, d.classes)
         held_real = d.x[d.held] if d.held else None
@@ -191,7 +192,8 @@ def fit(cfg: GANConfig, data: str | os.PathLike, out: str | os.PathLike, resume:
         gen = models.UNetGenerator(d.in_channels, d.out_channels, d.size, width)
         disc = models.PatchDiscriminator(d.in_channels + d.out_channels, width, models.patch_layers(d.size))
         module = Pix2PixModule(gen, disc, cfg.lr, cfg.d_lr, cfg.resolved_beta1(), cfg.adv_weight, cfg.l1_weight,
-                               cfg.resolved_label_smoothing(), cfg.jitter, cfg.ema_decay, cfg.max_steps, cfg.collapse_steps)
+                               cfg.resolved_label_smoothing(), cfg.jitter, cfg.ema_decay, cfg.max_steps,
+                               cfg.collapse_steps, beta2=cfg.beta2)
         ds = torch.utils.data.TensorDataset(d.a[d.train], d.b[d.train])
         show = d.held[:6] if d.held else d.train[:6]
         held_real = d.b[d.held] if d.held else None
