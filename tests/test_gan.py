@@ -203,6 +203,14 @@ def test_label_smoothing_defaults_to_0_1_and_is_named_as_ignored_only_when_given
     assert "--label-smoothing 0.2" in sentence and "ignored" in sentence
 
 
+def test_fit_trains_each_kind_with_its_resolved_adam_rates_and_betas(dcgan_run, p2p_run):
+    for run, beta1 in ((dcgan_run, 0.0), (p2p_run, 0.5)):  # the optimiser states fit checkpointed
+        ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        groups = [g for state in ck["optimizer_states"] for g in state["param_groups"]]
+        assert {tuple(g["betas"]) for g in groups} == {(beta1, 0.999)}, run
+        assert [g["lr"] for g in groups] == ([2e-4, 4e-4] if beta1 == 0.0 else [2e-4, 2e-4])  # (G, D): TTUR for dcgan
+
+
 def test_generator_ema_is_on_by_default_for_both_kinds_and_zero_turns_it_off():
     assert GANConfig(kind="dcgan").ema_decay == GANConfig(kind="pix2pix").ema_decay == 0.999
     assert GANConfig(kind="pix2pix", ema=0).ema_decay == 0.0
