@@ -16,9 +16,9 @@ KINDS = ("dcgan", "pix2pix")
 # measurement (BENCHMARKS.md).
 KIND_DEFAULTS: dict[str, dict[str, object]] = {
     "dcgan": {"epochs": 100, "time_budget": 12.0, "width": 32, "blocks": 1, "loss": "hinge", "ttur": True,
-              "batch_size": 16, "beta1": 0.0, "label_smoothing": 0.1},
+              "batch_size": 16, "beta1": 0.0, "label_smoothing": 0.1, "ema": 0.999},
     "pix2pix": {"epochs": 200, "time_budget": 25.0, "width": 64, "blocks": 0, "loss": "bce", "ttur": False,
-                "batch_size": 4, "beta1": 0.5, "label_smoothing": 0.1},
+                "batch_size": 4, "beta1": 0.5, "label_smoothing": 0.1, "ema": 0.999},
 }
 
 
@@ -152,7 +152,7 @@ class GANConfig(TrainConfig):
 
     @property
     def ema_decay(self) -> float:
-        return 0.999 if self.ema is None else float(self.ema)
+        return float(self._per_kind("ema"))
 
     def validate(self) -> None:
         """The mistakes that can be caught before reading any data."""
